@@ -1,0 +1,80 @@
+"""The benchmark scripts run end to end on CPU, so that none rots between the sessions that have a GPU to run them.
+
+Their GPU paths (4-bit NF4 + LoRA + gradient checkpointing, one process per configuration) are exercised through the
+CPU check modes (`qlora_memory.py --smoke`, `train_step.py --model tiny-qlora`: the tiny Llama in 4-bit with
+bitsandbytes' CPU backend), and `loss_core.py` on a one-point grid. These tests check the pipelines and the result
+files, never the figures: CPU timings are not measurements of anything here.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+pytest.importorskip("bitsandbytes")
+pytest.importorskip("matplotlib")
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str) -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _positive_times(times):
+    return times and all(math.isfinite(t) and t > 0 for t in times)
+
+
+def test_qlora_memory_smoke_runs_every_configuration_in_4bit(tmp_path):
+    _run("qlora_memory.py", "--smoke", "--steps", "1", "--warmup", "1", "--output", str(tmp_path / "qlora"))
+    report = json.loads((tmp_path / "qlora.json").read_text())
+    assert report["smoke"] and not report["measured"]
+    rows = report["rows"]
+    assert [(r["trainer"], r["n"]) for r in rows] == [("pro", 2), ("pro", 3), ("dpo", 2)]
+    for row in rows:
+        assert row["loaded_in_4bit"]
+        assert row["peak_memory_gib"] is None  # no GPU, no memory figure
+        assert row["tokens_per_step"] == row["n"] * 64 and _positive_times(row["step_times_s"])
+    text = (tmp_path / "qlora.md").read_text()
+    assert "CPU smoke run, not a measurement" in text and "goal" not in text
+    assert sum(line.startswith(("| PRO |", "| DPO |")) for line in text.splitlines()) == 3
+    assert (tmp_path / "qlora.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qlora_memory_without_gpu_reports_nothing(tmp_path):
+    _run("qlora_memory.py", "--output", str(tmp_path / "qlora"))
+    report = json.loads((tmp_path / "qlora.json").read_text())
+    assert not report["measured"] and report["rows"] == []
+    assert "Not measured on GPU" in (tmp_path / "qlora.md").read_text()
+    assert not (tmp_path / "qlora.png").exists()
+
+
+def test_train_step_qlora_path_runs_on_cpu(tmp_path):
+    _run("train_step.py", "--model", "tiny-qlora", "--steps", "2", "--warmup", "1", "--repeats", "1",
+         "--batch_size", "2", "--max_length", "64", "--output", str(tmp_path / "step"))
+    report = json.loads((tmp_path / "step.json").read_text())
+    for trainer in ("pro", "dpo"):
+        assert report[trainer]["loaded_in_4bit"] and _positive_times(report[trainer]["step_times_s"])
+    assert report["step_time_ratio_pro_over_dpo"] > 0
+    text = (tmp_path / "step.md").read_text()
+    assert "not a measurement" in text and "the goal of" not in text
+
+
+def test_loss_core_one_point_grid(tmp_path):
+    _run("loss_core.py", "--device", "cpu", "--n", "2", "--tokens", "16", "--vocab", "1000", "--hidden", "32",
+         "--warmup", "0", "--repeats", "1", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "loss_core_cpu.json").read_text())
+    rows = report["results"]
+    assert all(r["status"] == "ok" for r in rows)
+    methods = {(r["method"], r["head"]) for r in rows}
+    assert len(methods) == 6  # (a), (b), (c) with a frozen and a trainable LM head
+    assert all(math.isfinite(r["time_ms"]) and r["time_ms"] > 0 for r in rows)
+    text = (tmp_path / "loss_core_cpu.md").read_text()
+    assert "not measured on GPU" in text
+    assert (tmp_path / "loss_core_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
