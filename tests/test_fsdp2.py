@@ -2,16 +2,14 @@
 scores and gradients of the unsharded model, whether FSDP unsharded the LM head before the forward (head in the root
 unit) or the loss head has to gather a still-sharded DTensor head itself (head in its own unit)."""
 
-import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
+from launching import run_launcher
 
 from trl_pro import PROTrainer
 
@@ -44,22 +42,12 @@ def test_fsdp2_sharded_model_matches_unsharded(head_unit, head_type, tokenizer, 
     expected_grads = {name: p.grad for name, p in trainer.model.named_parameters()}
     torch.save({"seed": 0, "forward_kwargs": recorded}, tmp_path / "recorded.pt")
 
-    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     with socket.socket() as free:  # a free local port for the ranks' rendezvous
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port),
-               str(WORKER), str(tmp_path / "recorded.pt"), str(tmp_path / "result.pt"), head_unit]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"the FSDP2 ranks did not finish in 180 s:\n{stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
+    run_launcher([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                  "--master_port", str(port), str(WORKER), str(tmp_path / "recorded.pt"), str(tmp_path / "result.pt"),
+                  head_unit], timeout=180)
 
     result = torch.load(tmp_path / "result.pt", weights_only=False)
     assert result["head_types"] == [head_type]

@@ -2,13 +2,12 @@
 every step, same held-out metrics, same weights. Launched through `trl-pro pro --cpu --num_processes 2`."""
 
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from launching import run_launcher
 from safetensors.torch import load_file
 
 
@@ -23,19 +22,7 @@ COMMON = [
 
 
 def _train(out: Path, *flags: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    command = ["trl-pro", "pro", *COMMON, "--output_dir", str(out), *flags]
-    # own session: on a timeout, the launcher and the processes it started are all stopped, none is left behind
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"`{' '.join(command)}` did not finish in 240 s:\n{stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return run_launcher(["trl-pro", "pro", *COMMON, "--output_dir", str(out), *flags], timeout=240, cwd=REPO)
 
 
 def _losses(out: Path) -> list[float]:
