@@ -32,7 +32,7 @@ from train_step import environment, loaded_in_4bit, save_model, synthetic_pairs 
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NS = (2, 3, 4, 5)
-PROMPT_TOKENS = COMPLETION_TOKENS = 256
+TOKENS = 256  # prompt tokens, and completion tokens, per candidate: 512 in all
 SMOKE_NS, SMOKE_TOKENS = (2, 3), 32
 GOAL_GIB, GOAL_N = 12.0, 4  # PRO at n = 4 fits a 12 GB consumer card
 
@@ -62,7 +62,7 @@ def worker(args) -> dict:
     from trl_pro.assets import load_tiny_tokenizer
 
     steps, warmup, cuda = args.steps, args.warmup, not args.smoke
-    tokens = SMOKE_TOKENS if args.smoke else PROMPT_TOKENS
+    tokens = SMOKE_TOKENS if args.smoke else TOKENS
     rows = steps + warmup + 2
     times: list[float] = []
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
@@ -216,7 +216,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    ns, tokens = (SMOKE_NS, SMOKE_TOKENS) if args.smoke else (NS, PROMPT_TOKENS)
+    ns, tokens = (SMOKE_NS, SMOKE_TOKENS) if args.smoke else (NS, TOKENS)
     shape = ("tiny Llama (2 layers, hidden 64, vocabulary 2048) on CPU, bitsandbytes' CPU backend" if args.smoke else
              "LLaMA-7B shape (32 layers, hidden 4096, MLP 11008, vocabulary 32000)")
     setup = (
