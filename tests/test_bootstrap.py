@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -68,3 +69,74 @@ def test_bootstrap_with_peft_and_gradient_checkpointing(make_config, tiny_reward
     assert all(record["samples_asked"] == 8 for record in trainer.bootstrap_history)
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses and all(math.isfinite(loss) for loss in losses)
+
+
+def _bootstrap_run(make_config, reward_model_dir, tokenizer, rows, output_dir, resume=None):
+    args = _bootstrap_config(make_config, reward_model_dir, output_dir=str(output_dir), save_strategy="steps",
+                             save_steps=1, seed=3)
+    trainer = PROTrainer(model=build_tiny_llama(seed=0), args=args, train_dataset=rows, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_each_round_keeps_its_checkpoints_and_rankings(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path):
+    from trl_pro.bootstrap import ROUND_COMPLETE, round_dir
+    from trl_pro.ranking import dataset_rankings
+
+    _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "run")
+    for number in (1, 2):
+        folder = round_dir(tmp_path / "run", number)
+        # 8 rows per part, batch 4: steps 1 and 2 of each round, which would overwrite each other in one folder
+        assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+        ranked = [json.loads(line) for line in (folder / "rankings.jsonl").read_text().splitlines()]
+        expected = dataset_rankings(rows.select(range(8 * number - 8, 8 * number)))
+        assert [row["prompt"] for row in ranked] == [r["prompt"] for r in expected]  # the part's rows, in order
+        assert any("policy" in row["sources"] for row in ranked)
+        record = json.loads((folder / ROUND_COMPLETE).read_text())
+        assert record["statistics"]["round"] == number and record["checkpoint"].endswith("checkpoint-2")
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("interrupted", ["mid-round", "before-first-checkpoint"])
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(
+    make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path, interrupted
+):
+    """An interruption in round 2 is left behind by deleting what round 2 would not have written yet: the resumed run
+    ends with the same weights, optimizer state and round-2 rankings as the uninterrupted one."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from trl_pro.bootstrap import ROUND_COMPLETE, round_dir
+
+    whole = _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "whole")
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    round_2 = round_dir(cut, 2)
+    (round_2 / ROUND_COMPLETE).unlink()
+    shutil.rmtree(round_2 / "checkpoint-2")
+    if interrupted == "before-first-checkpoint":
+        shutil.rmtree(round_2)  # killed while sampling: not even the rankings were written
+    resumed = _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, cut, resume=True)
+
+    assert [r["round"] for r in resumed.bootstrap_history] == [1, 2]
+    assert (round_2 / "rankings.jsonl").read_text() == (round_dir(tmp_path / "whole", 2) / "rankings.jsonl").read_text()
+    final_whole = round_dir(tmp_path / "whole", 2) / "checkpoint-2"
+    final_cut = round_2 / "checkpoint-2"
+    for name, tensor in load_file(final_whole / "model.safetensors").items():
+        assert torch.equal(load_file(final_cut / "model.safetensors")[name], tensor), name
+    optimizer_whole = torch.load(final_whole / "optimizer.pt", weights_only=True)["state"]
+    optimizer_cut = torch.load(final_cut / "optimizer.pt", weights_only=True)["state"]
+    for key in optimizer_whole:
+        for field, value in optimizer_whole[key].items():
+            assert torch.equal(optimizer_cut[key][field], value), (key, field)
+    for name, param in whole.model.named_parameters():
+        assert torch.equal(dict(resumed.model.named_parameters())[name], param), name
+
+
+def test_resume_needs_a_round_with_a_checkpoint(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path):
+    with pytest.raises(ValueError, match="No self-bootstrapping round with a complete checkpoint"):
+        _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "empty", resume=True)
+    with pytest.raises(ValueError, match="pass resume_from_checkpoint=True"):
+        _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "empty", resume="ckpt")

@@ -62,3 +62,34 @@ def test_two_cpu_processes_match_one_process_with_double_batch(tmp_path, layout)
     assert weights_one.keys() == weights_two.keys()
     for name in weights_one:
         torch.testing.assert_close(weights_two[name], weights_one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.multiprocess
+def test_self_bootstrapping_on_two_processes(tmp_path, tiny_reward_model_dir):
+    """Algorithm 1 with two processes: each samples and scores its own contiguous shard of a part, the re-ranked rows
+    are gathered back in the part's order, and both train on the whole part."""
+    from trl_pro.assets import load_hh_rlhf_slice
+    from trl_pro.bootstrap import ROUND_COMPLETE, round_dir
+    from trl_pro.ranking import dataset_rankings
+
+    rows = load_hh_rlhf_slice("train").select(range(16))
+    rows.to_json(tmp_path / "train.jsonl")
+    out = tmp_path / "bootstrap"
+    _train(out, "--dataset_name", str(tmp_path / "train.jsonl"), "--cpu", "--num_processes", "2",
+           "--per_device_train_batch_size", "2", "--max_steps", "-1", "--num_train_epochs", "1", "--save_steps", "1",
+           "--bootstrap_rounds", "2", "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir),
+           "--bootstrap_reward_prompt_format", "plain", "--bootstrap_max_completion_length", "8")
+
+    for number in (1, 2):
+        folder = round_dir(out, number)
+        record = json.loads((folder / ROUND_COMPLETE).read_text())["statistics"]
+        assert record["processes"] == 2 and record["rows"] == 8 and record["samples_asked"] == 8
+        ranked = [json.loads(line) for line in (folder / "rankings.jsonl").read_text().splitlines()]
+        expected = dataset_rankings(rows.select(range(8 * number - 8, 8 * number)))
+        assert [row["prompt"] for row in ranked] == [row["prompt"] for row in expected]
+        # both shards (rows 0-3 from process 0, rows 4-7 from process 1) received policy samples
+        for shard in (ranked[:4], ranked[4:]):
+            assert any("policy" in row["sources"] for row in shard)
+        # 8 rows, 2 processes x batch 2: two optimizer steps per round, each checkpointed in the round's folder
+        assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "model.safetensors").is_file()

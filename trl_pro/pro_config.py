@@ -41,7 +41,8 @@ class PROConfig(RankingConfig):
         bootstrap_rounds (`int`, *optional*, defaults to `0`):
             K: the training set is split into K parts; before training on part i, responses sampled from the current
             policy are scored with the bootstrap reward model, inserted into the part's rankings and re-ranked. 0 is
-            off.
+            off. Each round checkpoints into `output_dir/bootstrap-round-<i>/`, where `resume_from_checkpoint=True`
+            finds it.
         bootstrap_reward_model_name_or_path (`str`, *optional*):
             Reward model that scores the samples and the existing candidates (required when `bootstrap_rounds > 0`).
         bootstrap_reward_prompt_format (`str`, *optional*, defaults to `"auto"`):

@@ -249,6 +249,7 @@ class RankingTrainer(_BaseTrainer):
         # Data. PRO's self-bootstrapping re-ranks the raw rows part by part (trl_pro/bootstrap.py), so it keeps them
         self._tokenizer = processing_class
         self._bootstrap_source = train_dataset if getattr(args, "bootstrap_rounds", 0) else None
+        self._checkpoint_subdir = None  # set by self-bootstrapping: each round checkpoints into a folder of its own
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
@@ -622,6 +623,10 @@ class RankingTrainer(_BaseTrainer):
         if resume_from_checkpoint:
             self._load_pro_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _get_output_dir(self, trial) -> str:
+        output_dir = super()._get_output_dir(trial)
+        return os.path.join(output_dir, self._checkpoint_subdir) if self._checkpoint_subdir else output_dir
 
     def _save_checkpoint(self, model, trial):
         # Save the model card along with each checkpoint
