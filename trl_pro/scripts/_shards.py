@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -110,6 +111,17 @@ class ShardedOutput:
 
     def pending(self) -> list[int]:
         return [shard for shard in range(self.num_shards) if not self.shard_path(shard).is_file()]
+
+    def iter_pending(self, prog: str, progress: bool):
+        """The shards still to do, as `(shard, row range)`, under a progress bar; says so when a run resumes."""
+        from tqdm.auto import tqdm
+
+        pending = self.pending()
+        if len(pending) < self.num_shards:
+            print(f"{prog}: resuming: {self.num_shards - len(pending)} of {self.num_shards} shards already done",
+                  file=sys.stderr)
+        for shard in tqdm(pending, desc="Shards", disable=not progress):
+            yield shard, self.shard_range(shard)
 
     def write_shard(self, shard: int, rows: list[dict[str, Any]]) -> None:
         _write_atomically(self.shard_path(shard), lambda p: _write_jsonl(p, rows))

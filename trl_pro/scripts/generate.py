@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 
 from trl import ScriptArguments, TrlParser
@@ -206,8 +205,6 @@ def _cuda() -> bool:
 
 
 def main(data_args: DataArguments, args: GenerateArguments) -> int:
-    from tqdm.auto import tqdm
-
     from trl_pro.generation import GenerationStats, collect_candidates
     from trl_pro.scripts._shards import ShardedOutput, check_output_path
 
@@ -226,12 +223,7 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
     source, seed_box = build_source(args, data_args.progress)  # a bad source fails before anything is written
     output = ShardedOutput(data_args.output_path, len(rankings), data_args.shard_size, manifest)
     stats = GenerationStats()
-    pending = output.pending()
-    if len(pending) < output.num_shards:
-        print(f"{PROG}: resuming: {output.num_shards - len(pending)} of {output.num_shards} shards already done",
-              file=sys.stderr)
-    for shard in tqdm(pending, desc="Shards", disable=not data_args.progress):
-        indices = output.shard_range(shard)
+    for shard, indices in output.iter_pending(PROG, data_args.progress):
         if seed_box is not None:
             seed_box["seed"] = args.seed + shard
         prompts = [rankings[i]["prompt"] for i in indices]

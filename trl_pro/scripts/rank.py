@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 
 from trl_pro.scripts._common import quiet_known_noise, run_main
@@ -104,8 +103,6 @@ def split_generated(ranking: dict) -> tuple[dict, list[tuple]]:
 
 
 def main(data_args: DataArguments, args: RankArguments) -> int:
-    from tqdm.auto import tqdm
-
     from trl_pro.ranking import RankingStats, build_rankings
     from trl_pro.reward_models import load_reward_model
     from trl_pro.scripts._shards import ShardedOutput, check_output_path
@@ -132,12 +129,7 @@ def main(data_args: DataArguments, args: RankArguments) -> int:
         )
     output = ShardedOutput(data_args.output_path, len(split), data_args.shard_size, manifest)
     stats = RankingStats()
-    pending = output.pending()
-    if len(pending) < output.num_shards:
-        print(f"{PROG}: resuming: {output.num_shards - len(pending)} of {output.num_shards} shards already done",
-              file=sys.stderr)
-    for shard in tqdm(pending, desc="Shards", disable=not data_args.progress):
-        indices = output.shard_range(shard)
+    for shard, indices in output.iter_pending(PROG, data_args.progress):
         ranked = build_rankings(
             [split[i][0] for i in indices], [split[i][1] for i in indices], reward_model=reward_model,
             tokenizer=tokenizer, prompt_format=args.reward_prompt_format, rerank=not args.keep_human_order,
