@@ -6,6 +6,7 @@ never interrupted.
 - two CPU processes (gloo), the launcher and both ranks killed right after a checkpoint is complete;
 - one process killed *while* writing a checkpoint: the resume takes the last complete one and does not trip on the
   partial folder (which transformers' own `get_last_checkpoint` would pick).
+- self-bootstrapping killed in its second round, right after a checkpoint of that round is complete.
 
 Runs cross an epoch boundary after the resume point (20 rows, 4 per step: 5 steps per epoch, 8 steps), so the resumed
 data order comes from the restored sampler/RNG state, not from the start of an epoch.
@@ -81,7 +82,7 @@ def uninterrupted(tmp_path_factory, data_file) -> Path:
 
 
 def _kill_after_checkpoint(command: list[str], out: Path, step: int, timeout: float = 300) -> None:
-    """Start `command`, SIGKILL it and every process it started as soon as checkpoint-`step` is complete."""
+    """Start `command`, SIGKILL it and every process it started as soon as `out`/checkpoint-`step` is complete."""
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env=env, start_new_session=True)
@@ -129,9 +130,10 @@ def _assert_same(value, reference, where: str) -> None:
             assert value == reference, where
 
 
-def assert_bit_identical(resumed: Path, reference: Path, rng_files: list[str]) -> None:
-    """Final weights, optimizer, scheduler and RNG states and the logged metrics of every step: bit for bit."""
-    final = f"checkpoint-{MAX_STEPS}"
+def assert_bit_identical(resumed: Path, reference: Path, rng_files: list[str], checkpoints: str = ".") -> None:
+    """Final weights, optimizer, scheduler and RNG states and the logged metrics of every step: bit for bit. The
+    checkpoints are in the `checkpoints` subfolder of both runs."""
+    final = f"{checkpoints}/checkpoint-{MAX_STEPS}"
     weights, expected = load_file(resumed / "model.safetensors"), load_file(reference / "model.safetensors")
     _assert_same(weights, expected, "weights")
     for name in ["optimizer.pt", "scheduler.pt", *rng_files]:
@@ -199,3 +201,31 @@ def test_two_processes_killed_after_a_checkpoint_resume_bit_identically(tmp_path
     # really two processes: 20 rows at 2 per process and step make 5 steps per epoch
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"][0]["epoch"] == 0.2
     assert_bit_identical(out, reference, ["rng_state_0.pth", "rng_state_1.pth"])
+
+
+@pytest.mark.slow
+def test_self_bootstrapping_killed_mid_round_resumes_bit_identically(tmp_path, data_file, tiny_reward_model_dir):
+    """Two rounds of 10 rows, each trained for 8 steps; killed once round 2 has written checkpoint-2, resumed from it
+    (on the round's saved rankings): the same as an uninterrupted run, bit for bit."""
+    bootstrap = ["--bootstrap_rounds", "2", "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir),
+                 "--bootstrap_reward_prompt_format", "plain", "--bootstrap_max_completion_length", "8"]
+    reference = tmp_path / "reference"
+    run_launcher(_command(data_file, reference, ONE_PROCESS, *bootstrap), timeout=300, cwd=REPO)
+    out = tmp_path / "out"
+    _kill_after_checkpoint(_command(data_file, out, ONE_PROCESS, *bootstrap), out / "bootstrap-round-2", step=2)
+    assert (out / "bootstrap-round-1" / "round_complete.json").exists()
+    written = (out / "bootstrap-round-2" / "checkpoint-2" / COMPLETE).stat().st_mtime_ns
+    resumed = run_launcher(_command(data_file, out, ONE_PROCESS, *bootstrap, "--resume_from_checkpoint", "true"),
+                           timeout=300, cwd=REPO)
+    assert "Traceback" not in resumed.stderr
+    # resumed from round 2's checkpoint-2, not by redoing round 2 from its start (which would rewrite checkpoint-2)
+    assert (out / "bootstrap-round-2" / "checkpoint-2" / COMPLETE).stat().st_mtime_ns == written
+    round_2, reference_round_2 = out / "bootstrap-round-2", reference / "bootstrap-round-2"
+    assert (round_2 / "rankings.jsonl").read_text() == (reference_round_2 / "rankings.jsonl").read_text()
+
+    def statistics(folder: Path) -> dict:  # without the wall-clock figures
+        record = json.loads((folder / "round_complete.json").read_text())["statistics"]
+        return {key: value for key, value in record.items() if "seconds" not in key}
+
+    assert statistics(round_2) == statistics(reference_round_2)
+    assert_bit_identical(out, reference, ["rng_state.pth"], checkpoints="bootstrap-round-2")
