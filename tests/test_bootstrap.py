@@ -140,3 +140,28 @@ def test_resume_needs_a_round_with_a_checkpoint(make_config, tiny_reward_model_d
         _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "empty", resume=True)
     with pytest.raises(ValueError, match="pass resume_from_checkpoint=True"):
         _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "empty", resume="ckpt")
+
+
+def test_bootstrap_recipe_end_to_end_on_cpu(tiny_reward_model_dir, rows, tmp_path):
+    """recipes/pro/hh_rlhf_bootstrap_llama7b_qlora.yaml with the tiny models: 4 rounds on 16 rows, 1 step each."""
+    from pathlib import Path
+
+    from trl_pro.scripts import pro
+
+    data = tmp_path / "train.jsonl"
+    rows.to_json(data)
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "pro" / "hh_rlhf_bootstrap_llama7b_qlora.yaml"
+    trainer = pro.main(*pro.parse_args(pro.make_parser(), [
+        "--config", str(recipe), "--dataset_name", str(data), "--model_name_or_path", "trl-pro/tiny-llama",
+        "--dtype", "float32", "--load_in_4bit", "false", "--lora_target_modules", "q_proj", "v_proj",
+        "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
+        "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir),
+        "--bootstrap_reward_prompt_format", "plain", "--bootstrap_max_completion_length", "8",
+        "--max_steps", "1", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+        "--max_length", "128", "--max_prompt_length", "64", "--logging_steps", "1", "--eval_strategy", "no",
+        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true", "--dataset_num_proc", "1",
+    ]))
+    assert [record["round"] for record in trainer.bootstrap_history] == [1, 2, 3, 4]
+    assert all(record["rows"] == 4 and record["samples_asked"] == 4 for record in trainer.bootstrap_history)
+    assert all((tmp_path / "out" / f"bootstrap-round-{i}" / "round_complete.json").is_file() for i in range(1, 5))
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()  # QLoRA's adapter (here LoRA on fp32)
