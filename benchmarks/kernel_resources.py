@@ -28,13 +28,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = (80, 90)
 
 
-def _configs():
+# Logits-tile configurations compared in the "Tile choice" section: (block_t, block_v, block_h, num_warps)
+TILE_CANDIDATES = [(64, 128, 64, 4), (64, 128, 64, 8), (64, 128, 32, 4), (64, 128, 32, 8), (64, 64, 64, 8),
+                   (32, 128, 64, 4), (128, 128, 64, 8)]
+
+
+def _configs(tiles=None, logits_only: bool = False):
     import triton.language as tl
 
     from trl_pro.kernels import ranking, token_logprob
     from trl_pro.kernels._common import DEFAULT_TILES
 
-    tiles = DEFAULT_TILES
+    tiles = tiles or DEFAULT_TILES
     dtypes = (("bf16", tl.bfloat16, "*bf16", "ieee"), ("fp16", tl.float16, "*fp16", "ieee"),
               ("fp32-tf32", tl.float32, "*fp32", "tf32"), ("fp32-ieee", tl.float32, "*fp32", "ieee"))
     for name, dtype, ptr, precision in dtypes:
@@ -50,6 +55,8 @@ def _configs():
                    dict(**operands, lse_ptr="*fp32", token_grad_ptr="*fp32", dz_ptr=ptr, t_begin="i32",
                         n_tokens="i32", v_begin="i32", n_vocab="i32", H="i32", stride_h="i32", stride_w="i32",
                         stride_dz="i32"), constexprs)
+    if logits_only:
+        return
     yield (token_logprob._finalize_kernel, f"BLOCK={tiles.segment_block}", 4,
            dict(part_lse_ptr="*fp32", part_target_ptr="*fp32", token_offsets_ptr="*i64", lse_ptr="*fp32",
                 sums_ptr="*fp32", T="i32", num_splits="i32"), dict(BLOCK=tiles.segment_block))
@@ -100,7 +107,7 @@ def _cubin_usage(cubin: bytes) -> dict:
             "cubin_local_bytes": local}
 
 
-def compile_all() -> list[dict]:
+def compile_all(configs=None) -> list[dict]:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -108,7 +115,7 @@ def compile_all() -> list[dict]:
     from triton.backends.nvidia.compiler import get_ptxas  # the ptxas Triton itself uses for this arch
 
     rows = []
-    for fn, label, num_warps, signature, constexprs in _configs():
+    for fn, label, num_warps, signature, constexprs in configs or _configs():
         full_signature = {**signature, **{name: "constexpr" for name in constexprs}}
         indexed = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
         for arch in ARCHS:
@@ -123,7 +130,38 @@ def compile_all() -> list[dict]:
     return rows
 
 
-def markdown(meta, rows) -> str:
+def compare_tiles() -> list[dict]:
+    """The logits-tile kernels (no bias; bf16, fp16, fp32-tf32, fp32-ieee; sm_80 and sm_90) compiled at each of
+    `TILE_CANDIDATES`: the spills and registers that chose the default tiles."""
+    import dataclasses
+
+    from trl_pro.kernels._common import DEFAULT_TILES
+
+    summary = []
+    for block_t, block_v, block_h, num_warps in TILE_CANDIDATES:
+        tiles = dataclasses.replace(DEFAULT_TILES, block_t=block_t, block_v=block_v, block_h=block_h,
+                                    num_warps=num_warps)
+        configs = [c for c in _configs(tiles, logits_only=True) if "bias=False" in c[1]]
+        rows = compile_all(configs)
+        spill = {f"{r['config'].split(',')[0]} {r['arch']}": r["spill_stores_bytes"] + r["spill_loads_bytes"]
+                 for r in rows if r["kernel"] == "_lse_forward_kernel"}
+        for r in rows:
+            if r["kernel"] == "_grad_logits_kernel":
+                key = f"{r['config'].split(',')[0]} {r['arch']}"
+                spill[key] = max(spill.get(key, 0), r["spill_stores_bytes"] + r["spill_loads_bytes"])
+        summary.append({
+            "tiles": f"{block_t}x{block_v}x{block_h}", "num_warps": num_warps,
+            "default": tiles == DEFAULT_TILES,
+            "max_registers": max(r["registers"] for r in rows),
+            "kernels_spilling": sum(1 for r in rows if r["spill_stores_bytes"] or r["spill_loads_bytes"]),
+            "compiled": len(rows),
+            "max_shared_bytes": max(r["triton_shared_bytes"] + r["static_smem_bytes"] for r in rows),
+            "worst_spill_bytes": spill,
+        })
+    return summary
+
+
+def markdown(meta, rows, candidates=None) -> str:
     lines = [
         "# Loss core Triton kernels: static resources for sm_80 and sm_90 (compiled, not run on GPU)",
         "",
@@ -146,6 +184,28 @@ def markdown(meta, rows) -> str:
             f"{r['spill_loads_bytes']} | {r['stack_frame_bytes']} | {r.get('cubin_registers', 'n/a')} / "
             f"{r.get('cubin_stack_bytes', 'n/a')} |"
         )
+    if candidates:
+        keys = list(candidates[0]["worst_spill_bytes"])
+        lines += [
+            "",
+            "## Tile choice",
+            "",
+            "The logits-tile kernels (no bias) compiled at other tile sizes and warp counts (default marked). Spill "
+            "columns: spill stores + loads in bytes per thread, the larger of the forward and backward kernel. "
+            "Chosen: the default without spills in bf16/fp16/fp32-tf32 on both architectures. Speed of each: not "
+            "measured on GPU.",
+            "",
+            "| tiles (T x V x H) | warps | max registers | kernels spilling | max shared (B) | "
+            + " | ".join(f"spill {k}" for k in keys) + " |",
+            "|---|---|---|---|---|" + "---|" * len(keys),
+        ]
+        for c in candidates:
+            mark = " (default)" if c["default"] else ""
+            lines.append(
+                f"| {c['tiles']}{mark} | {c['num_warps']} | {c['max_registers']} | {c['kernels_spilling']} of "
+                f"{c['compiled']} | {c['max_shared_bytes']} | "
+                + " | ".join(str(c["worst_spill_bytes"][k]) for k in keys) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +250,7 @@ def main(argv=None) -> None:
     import triton
 
     rows = compile_all()
+    candidates = compare_tiles()
     spilling = sorted({f"{r['kernel']} [{r['config']}] {r['arch']}" for r in rows
                        if r["spill_stores_bytes"] or r["spill_loads_bytes"]})
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -197,13 +258,14 @@ def main(argv=None) -> None:
             "max_registers": max(r["registers"] for r in rows), "compiled": len(rows)}
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, "loss_core_kernels_static")
-    for suffix, text in ((".json", json.dumps({"meta": meta, "kernels": rows}, indent=1) + "\n"),
-                         (".md", markdown(meta, rows))):
+    for suffix, text in ((".json", json.dumps({"meta": meta, "kernels": rows, "tile_candidates": candidates},
+                                              indent=1) + "\n"),
+                         (".md", markdown(meta, rows, candidates))):
         with open(base + suffix + ".tmp", "w") as f:
             f.write(text)
         os.replace(base + suffix + ".tmp", base + suffix)
     plot(rows, base + ".png")
-    print(markdown(meta, rows))
+    print(markdown(meta, rows, candidates))
 
 
 if __name__ == "__main__":

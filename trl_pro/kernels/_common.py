@@ -51,11 +51,14 @@ class TileConfig:
         segment_block: tokens summed per step when per-token log-probs are reduced into per-candidate sums.
     """
 
+    # 64 x 128 x 32 with 8 warps: the logits-tile kernels compile for sm_80 and sm_90 without register spills in
+    # bf16, fp16 and fp32-tf32 (and <= 44 B in fp32-ieee); 64 x 128 x 64 with 4 warps spilled 0.5-1.4 KB per thread
+    # (benchmarks/kernel_resources.py, benchmarks/results/loss_core_kernels_static.md). Speed: not measured on GPU.
     block_t: int = 64
     block_v: int = 128
-    block_h: int = 64
+    block_h: int = 32
     vocab_splits: int | None = None
-    num_warps: int = 4
+    num_warps: int = 8
     token_chunk: int = 2048
     vocab_chunk: int = 4096
     segment_block: int = 256
