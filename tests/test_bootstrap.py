@@ -71,9 +71,9 @@ def test_bootstrap_with_peft_and_gradient_checkpointing(make_config, tiny_reward
     assert losses and all(math.isfinite(loss) for loss in losses)
 
 
-def _bootstrap_run(make_config, reward_model_dir, tokenizer, rows, output_dir, resume=None):
+def _bootstrap_run(make_config, reward_model_dir, tokenizer, rows, output_dir, resume=None, **overrides):
     args = _bootstrap_config(make_config, reward_model_dir, output_dir=str(output_dir), save_strategy="steps",
-                             save_steps=1, seed=3)
+                             save_steps=1, seed=3, **overrides)
     trainer = PROTrainer(model=build_tiny_llama(seed=0), args=args, train_dataset=rows, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
@@ -165,3 +165,38 @@ def test_bootstrap_recipe_end_to_end_on_cpu(tiny_reward_model_dir, rows, tmp_pat
     assert all(record["rows"] == 4 and record["samples_asked"] == 4 for record in trainer.bootstrap_history)
     assert all((tmp_path / "out" / f"bootstrap-round-{i}" / "round_complete.json").is_file() for i in range(1, 5))
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()  # QLoRA's adapter (here LoRA on fp32)
+
+
+def test_a_new_run_replaces_the_round_folders_of_an_earlier_one(make_config, tiny_reward_model_dir, tokenizer, rows,
+                                                                 tmp_path):
+    """Stale checkpoints of an earlier, longer run in the same output_dir would be taken for the new run's by a
+    resume: a round that starts afresh replaces its folder."""
+    from trl_pro.bootstrap import bootstrap_resume_point, round_dir
+
+    _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "run", num_train_epochs=2)
+    assert (round_dir(tmp_path / "run", 2) / "checkpoint-4").is_dir()
+    _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "run")
+    for number in (1, 2):
+        assert sorted(p.name for p in round_dir(tmp_path / "run", number).glob("checkpoint-*")) == [
+            "checkpoint-1", "checkpoint-2"]
+    assert bootstrap_resume_point(tmp_path / "run", 2) == (2, None)
+
+
+@pytest.mark.parametrize("resume, message", [
+    ("true", "no self-bootstrapping round with a complete checkpoint in"),
+    ("out/checkpoint-2", "with self-bootstrapping pass `true`"),
+])
+def test_cli_resume_errors_are_one_line(tiny_reward_model_dir, rows, tmp_path, capsys, resume, message):
+    from trl_pro.scripts import pro
+
+    data = tmp_path / "train.jsonl"
+    rows.to_json(data)
+    with pytest.raises(SystemExit) as exit_info:
+        pro.cli_main([
+            "--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", str(data), "--use_cpu", "true",
+            "--bf16", "false", "--bootstrap_rounds", "2", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
+            "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir), "--resume_from_checkpoint", resume,
+        ])
+    assert exit_info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trl-pro")]
+    assert len(lines) == 1 and lines[0].startswith("trl-pro pro: error:") and message in lines[0]

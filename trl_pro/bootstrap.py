@@ -20,7 +20,8 @@ its own, `output_dir/bootstrap-round-<i>/`, next to the round's re-ranked rows (
 trained on) and, once the round has finished, `round_complete.json` (its statistics and last checkpoint).
 `resume_from_checkpoint=True` resumes from there: finished rounds are skipped; a round that had written a complete
 checkpoint resumes from it exactly, on the same re-ranked rows; a round interrupted before its first checkpoint starts
-again from the previous round's last checkpoint (weights, optimizer and RNG state), sampling with the same seed.
+again from the previous round's last checkpoint (weights, optimizer and RNG state), sampling with the same seed. A
+round that starts afresh replaces its folder if an earlier run in the same output_dir left one.
 Logged per round (`bootstrap/...`, also kept in `trainer.bootstrap_history`): mean reward of the samples and of the
 dataset's candidates, the histogram of the ranks the samples took, the time spent generating, scoring and training.
 The authors' released code has no self-bootstrapping; this follows the paper's description.
@@ -29,6 +30,7 @@ The authors' released code has no self-bootstrapping; this follows the paper's d
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,12 @@ def bootstrap_train(trainer, resume_from_checkpoint=None, **train_kwargs):
             generation_seconds = round_statistics["generation_seconds"]
             scoring_seconds = round_statistics["scoring_seconds"]
         else:
+            if args.should_save and folder.exists():
+                # left by an earlier run into the same output_dir: its checkpoints and completion mark would be
+                # taken for this run's by a later resume
+                logger.warning(f"Replacing {folder}, left by an earlier run in this output_dir")
+                shutil.rmtree(folder)
+            accelerator.wait_for_everyone()
             if reward_model is None:
                 reward_model, reward_tokenizer = load_reward_model(
                     args.bootstrap_reward_model_name_or_path, device=accelerator.device,

@@ -457,10 +457,13 @@ def main(script_args, training_args, model_args, dataset_args, method: TrainingM
     elif isinstance(resume, str) and resume.lower() in ("false", "none", ""):
         resume = None
     resuming = bool(resume)
-    if resume is True and getattr(training_args, "bootstrap_rounds", 0):
+    if resume and getattr(training_args, "bootstrap_rounds", 0):
         from trl_pro.bootstrap import bootstrap_resume_point
 
         with _one_line_errors():
+            if resume is not True:
+                raise _SetupError(f"--resume_from_checkpoint {resume}: with self-bootstrapping pass `true`; the run "
+                                  f"resumes from the round folders of {training_args.output_dir}")
             if bootstrap_resume_point(training_args.output_dir, training_args.bootstrap_rounds) == (0, None):
                 raise _SetupError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no "
                                   f"self-bootstrapping round with a complete checkpoint in {training_args.output_dir}")
