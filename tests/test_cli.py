@@ -259,9 +259,9 @@ def test_load_save_to_disk_folder_and_missing_path(tmp_path):
         str(tmp_path / "saved")
     )
     assert len(pro.load_dataset_splits(*_args(dataset_name=str(tmp_path / "saved")))["test"]) == 1
-    with pytest.raises(pro._SetupError, match="does not exist"):
+    with pytest.raises(pro.SetupError, match="does not exist"):
         pro.load_dataset_splits(*_args(dataset_name=str(tmp_path / "nothing")))
-    with pytest.raises(pro._SetupError, match="format"):
+    with pytest.raises(pro.SetupError, match="format"):
         (tmp_path / "data.txt").write_text("x")
         pro.load_dataset_splits(*_args(dataset_name=str(tmp_path / "data.txt")))
 
@@ -287,7 +287,7 @@ def test_column_map():
         "train",
     )
     assert renamed.column_names == ["prompt", "completions", "scores"]
-    with pytest.raises(pro._SetupError, match="no column"):
+    with pytest.raises(pro.SetupError, match="no column"):
         pro._rename_columns(renamed, {"missing": "prompt"}, "train")
 
 
@@ -340,3 +340,18 @@ def test_end_to_end_prints_before_after_and_saves(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert not torch.equal(model.lm_head.weight, build_tiny_llama(42).lm_head.weight)
     assert len(AutoTokenizer.from_pretrained(out)) == 2048
+
+
+def test_malformed_data_file_error_says_what_is_wrong(tmp_path, capsys):
+    """datasets wraps a parse error in "An error occurred while generating the dataset"; the one-line error keeps
+    the cause, for every command that loads data through `one_line_errors`."""
+    from trl_pro.scripts import prepare_data
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": 1\n')
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_data.main(["--source", "ranked", "--dataset_name", str(bad), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if ": error:" in line]
+    assert "DatasetGenerationError" in line and "JSON parse error" in line
+    assert not (tmp_path / "out").exists()

@@ -126,7 +126,7 @@ def test_lora_on_lm_head_is_rejected(tiny_dir, ranked_dir, tmp_path):
 def test_4bit_needs_peft(tiny_dir, ranked_dir, tmp_path):
     argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), "--load_in_4bit",
             *TRAIN_FLAGS, "--output_dir", str(tmp_path / "out")]
-    with pytest.raises(pro._SetupError, match="use_peft"):
+    with pytest.raises(pro.SetupError, match="use_peft"):
         pro.build_trainer(*pro.parse_args(pro.make_parser(), argv))
 
 

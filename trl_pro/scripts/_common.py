@@ -6,6 +6,7 @@ checked first, so that a typo fails at once with one line instead of a usage dum
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -40,19 +41,36 @@ class OneLineErrors:
         fail(self.prog, f"{message} (see `{self.prog} --help`)")
 
 
-def run_main(prog: str, main, *args, plain_errors: tuple[type[Exception], ...] = (ValueError,)):
-    """Run a script's `main(*args)`, turning any error into one line (`prog: error: ...`, exit status 1) unless
-    TRL_PRO_DEBUG is set. Errors of `plain_errors` types are shown by their message alone (they are written to name
-    the row, file or field); any other by its type too."""
+class SetupError(Exception):
+    """A user-facing problem found before the work starts (bad dataset, model or flag value): its message says it all,
+    so it is shown without its type."""
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str, hint: str = "", plain_errors: tuple[type[Exception], ...] = (SetupError,)):
+    """Turn any exception raised inside into `prog: error: ...` on one line, exit status 1, unless TRL_PRO_DEBUG is
+    set (then the traceback is kept). Errors of `plain_errors` types are shown by their message alone (they are
+    written to name the row, file or field); any other by its type too. `hint` is added to messages naming a row."""
     try:
-        return main(*args)
+        yield
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
         if debug_enabled():
             raise
         message = str(error) if isinstance(error, plain_errors) else f"{type(error).__name__}: {error}"
+        if type(error).__name__ == "DatasetGenerationError" and error.__cause__ is not None:
+            # datasets' own message ("An error occurred while generating the dataset") hides what was wrong
+            message += f": {type(error.__cause__).__name__}: {error.__cause__}"
+        if hint and "Row " in message:
+            message += f" ({hint})"
         fail(prog, f"{message} [set TRL_PRO_DEBUG=1 for the traceback]", code=1)
+
+
+def run_main(prog: str, main, *args, plain_errors: tuple[type[Exception], ...] = (ValueError,)):
+    """Run a script's `main(*args)` under `one_line_errors`."""
+    with one_line_errors(prog, plain_errors=plain_errors):
+        return main(*args)
 
 
 def quiet_known_noise() -> None:

@@ -17,13 +17,12 @@ prompt with `trl_pro.coh.POSITIVE_PHRASE` (" A helpful answer:").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments, TrlParser
 
-from trl_pro.scripts._common import OneLineErrors, debug_enabled, fail, quiet_known_noise
+from trl_pro.scripts._common import OneLineErrors, one_line_errors, quiet_known_noise
 
 
 PROG = "trl-pro coh"
@@ -59,18 +58,6 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         epilog="Flags not listed here are passed to `accelerate launch` (by `trl-pro coh` only). "
         "`--model_name_or_path trl-pro/tiny-llama` is the built-in tiny model.",
     )
-
-
-@contextlib.contextmanager
-def _one_line_errors():
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as error:
-        if debug_enabled():
-            raise
-        fail(PROG, f"{type(error).__name__}: {error} [set TRL_PRO_DEBUG=1 for the traceback]", code=1)
 
 
 def build_trainer(script_args, training_args, model_args, dataset_args):
@@ -118,7 +105,7 @@ def main(script_args, training_args, model_args, dataset_args):
     from packaging.version import Version
 
     quiet_known_noise()
-    with _one_line_errors():
+    with one_line_errors(PROG):
         trainer = build_trainer(script_args, training_args, model_args, dataset_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print("✅ Training completed.")

@@ -45,7 +45,14 @@ from typing import Any
 
 from trl import TrlParser
 
-from trl_pro.scripts._common import OneLineErrors, debug_enabled, fail, one_line, quiet_known_noise
+from trl_pro.scripts._common import (
+    OneLineErrors,
+    debug_enabled,
+    fail,
+    one_line,
+    one_line_errors,
+    quiet_known_noise,
+)
 
 
 PROG = "trl-pro compare"
@@ -381,15 +388,9 @@ def main(args: CompareArguments) -> int:
     manifest_path = output_dir / MANIFEST
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     previous_runs = {run["name"]: run for run in previous.get("runs", [])}
-    try:
+    with one_line_errors(PROG):
         rows = prepare_views(args, output_dir / "data")
         base_model = materialize_base_model(args, output_dir)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as error:
-        if debug_enabled():
-            raise
-        fail(PROG, f"{type(error).__name__}: {error} [set TRL_PRO_DEBUG=1 for the traceback]", code=1)
     print(f"{PROG}: {rows.get('train')} train / {rows.get('test')} test rankings from {args.dataset_name} "
           f"(views in {output_dir / 'data'}), base model {base_model}", flush=True)
 

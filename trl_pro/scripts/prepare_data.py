@@ -53,7 +53,7 @@ import math
 import sys
 from pathlib import Path
 
-from trl_pro.scripts._common import OneLineErrors, debug_enabled, fail, quiet_known_noise
+from trl_pro.scripts._common import OneLineErrors, fail, one_line_errors, quiet_known_noise
 
 
 PROG = "python -m trl_pro.scripts.prepare_data"
@@ -247,19 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     name = args.dataset_name or DEFAULT_DATASETS[args.source]
     if name is None:
         fail(PROG, f"--dataset_name is required with --source {args.source}")
-    try:
+    with one_line_errors(PROG):
         dataset = load_named_dataset(name)
         ranked, dropped = rankings(args.source, dataset, args)
         output_dir = Path(args.output_dir)
         written = write_views(views(ranked, args.pairs), output_dir)
         if "coh" not in written:
             print("The coh view is not written: Chain of Hindsight needs plain-text prompts and completions")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as error:
-        if debug_enabled():
-            raise
-        fail(PROG, f"{type(error).__name__}: {error} [set TRL_PRO_DEBUG=1 for the traceback]", code=1)
     sizes = ", ".join(f"{split} {len(rows)} (dropped {dropped[split]})" for split, rows in ranked.items())
     print(f"Wrote {', '.join(written)} views of {name} to {output_dir}: {sizes}")
 

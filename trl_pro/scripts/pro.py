@@ -42,7 +42,6 @@ import logging
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -53,11 +52,13 @@ from trl import ScriptArguments, TrlParser  # noqa: E402
 
 from trl_pro.scripts._common import (  # noqa: E402
     OneLineErrors,
+    SetupError,
     check_launch_args,
     config_path_of,
     debug_enabled,
     fail,
     normalize_config_flags,
+    one_line_errors,
     quiet_known_noise,
     resolve_launch_args,
 )
@@ -183,31 +184,6 @@ def make_method_parser(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class _SetupError(Exception):
-    """A user-facing problem found before training (bad dataset, model or flag value)."""
-
-
-@contextlib.contextmanager
-def _one_line_errors(hint: str = "", prog: str = PROG):
-    """Turn any exception raised inside into `trl-pro <command>: error: ...` on one line, exit status 1, unless
-    TRL_PRO_DEBUG=1 (then the traceback is kept)."""
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as error:
-        if debug_enabled():
-            raise
-        message = str(error) if isinstance(error, _SetupError) else f"{type(error).__name__}: {error}"
-        if hint and "Row " in message:
-            message += f" ({hint})"
-        fail(prog, f"{message} [set TRL_PRO_DEBUG=1 for the traceback]", code=1)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Data
 
 
@@ -217,7 +193,7 @@ def _file_builder(path: Path) -> str:
         suffixes = suffixes[:-1]
     builder = _FILE_BUILDERS.get(suffixes[-1]) if suffixes else None
     if builder is None:
-        raise _SetupError(
+        raise SetupError(
             f"cannot tell the format of dataset file {path}: expected one of {', '.join(sorted(_FILE_BUILDERS))} "
             "(optionally .gz/.bz2/.xz/.zst compressed)"
         )
@@ -246,7 +222,7 @@ def load_named_dataset(name: str, config: str | None = None, train_split: str = 
     if path.is_dir():
         return load_dataset(str(path), name=config, streaming=streaming)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise _SetupError(f"dataset path {name} does not exist")
+        raise SetupError(f"dataset path {name} does not exist")
     return load_dataset(name, name=config, streaming=streaming)
 
 
@@ -259,7 +235,7 @@ def load_dataset_splits(script_args: PROScriptArguments, dataset_args):
             print("Both `datasets` and `dataset_name` are given: `datasets` is used, `dataset_name` is ignored.")
         return get_dataset(dataset_args)
     if not script_args.dataset_name:
-        raise _SetupError("no dataset: give --dataset_name (a hub id, a local folder or file) or a `datasets:` list")
+        raise SetupError("no dataset: give --dataset_name (a hub id, a local folder or file) or a `datasets:` list")
     return load_named_dataset(
         script_args.dataset_name,
         script_args.dataset_config,
@@ -274,11 +250,11 @@ def _column_map(script_args: PROScriptArguments) -> dict[str, str] | None:
         try:
             mapping = json.loads(mapping)
         except json.JSONDecodeError as error:
-            raise _SetupError(f"--dataset_column_map must be a JSON object, got {mapping!r}: {error}") from None
+            raise SetupError(f"--dataset_column_map must be a JSON object, got {mapping!r}: {error}") from None
     if mapping is not None and not (
         isinstance(mapping, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
     ):
-        raise _SetupError(f"dataset_column_map must map column names to column names, got {mapping!r}")
+        raise SetupError(f"dataset_column_map must map column names to column names, got {mapping!r}")
     return mapping or None
 
 
@@ -287,7 +263,7 @@ def _rename_columns(dataset, mapping: dict[str, str], split: str):
     if columns is not None:  # streaming datasets may not know their columns
         missing = [name for name in mapping if name not in columns]
         if missing:
-            raise _SetupError(f"dataset_column_map: split '{split}' has no column {missing} (columns: {columns})")
+            raise SetupError(f"dataset_column_map: split '{split}' has no column {missing} (columns: {columns})")
     return dataset.rename_columns(mapping)
 
 
@@ -295,7 +271,7 @@ def _split(dataset, name: str, role: str, required: bool):
     if name in dataset:
         return dataset[name]
     if required:
-        raise _SetupError(f"the dataset has no '{name}' split for {role} (splits: {', '.join(dataset)}); set "
+        raise SetupError(f"the dataset has no '{name}' split for {role} (splits: {', '.join(dataset)}); set "
                           f"--dataset_{'train' if role == 'training' else 'test'}_split")
     return None
 
@@ -329,13 +305,13 @@ def resolve_model(model_args, training_args):
 
     name = model_args.model_name_or_path
     if not name:
-        raise _SetupError(
+        raise SetupError(
             f"no model: give --model_name_or_path (a hub id, a local path, or the built-in {TINY_LLAMA})"
         )
     quantization_config = get_quantization_config(model_args)
     peft_config = get_peft_config(model_args)
     if quantization_config is not None and peft_config is None:
-        raise _SetupError("a 4-bit or 8-bit base model cannot be trained directly: add --use_peft (QLoRA)")
+        raise SetupError("a 4-bit or 8-bit base model cannot be trained directly: add --use_peft (QLoRA)")
     tokenizer = None
 
     if name == TINY_LLAMA:
@@ -348,7 +324,7 @@ def resolve_model(model_args, training_args):
             model = model.to(getattr(torch, model_args.dtype))
         if quantization_config is None:
             if training_args.model_init_kwargs:
-                raise _SetupError(f"model_init_kwargs does not apply to the built-in {TINY_LLAMA} (built, not loaded)")
+                raise SetupError(f"model_init_kwargs does not apply to the built-in {TINY_LLAMA} (built, not loaded)")
             return model, tokenizer, None, peft_config
         folder = tempfile.mkdtemp(prefix="trl-pro-tiny-llama-")
         model.save_pretrained(folder)
@@ -388,7 +364,7 @@ def build_trainer(script_args, training_args, model_args, dataset_args, method: 
             if eval_dataset is not None:
                 eval_dataset = _rename_columns(eval_dataset, mapping, script_args.dataset_test_split)
     if eval_dataset is None and training_args.eval_strategy != "no":
-        raise _SetupError(
+        raise SetupError(
             f"eval_strategy is '{training_args.eval_strategy}' but the dataset has no "
             f"'{script_args.dataset_test_split}' split"
         )
@@ -447,7 +423,7 @@ def main(script_args, training_args, model_args, dataset_args, method: TrainingM
 
     quiet_known_noise()
     hint = "" if training_args.drop_invalid_rows else "set drop_invalid_rows to drop such rows"
-    with _one_line_errors(hint=hint, prog=method.prog):
+    with one_line_errors(method.prog, hint=hint):
         trainer, eval_dataset = build_trainer(script_args, training_args, model_args, dataset_args, method)
 
     before = after = None
@@ -460,19 +436,19 @@ def main(script_args, training_args, model_args, dataset_args, method: TrainingM
     if resume and getattr(training_args, "bootstrap_rounds", 0):
         from trl_pro.bootstrap import bootstrap_resume_point
 
-        with _one_line_errors():
+        with one_line_errors(method.prog):
             if resume is not True:
-                raise _SetupError(f"--resume_from_checkpoint {resume}: with self-bootstrapping pass `true`; the run "
+                raise SetupError(f"--resume_from_checkpoint {resume}: with self-bootstrapping pass `true`; the run "
                                   f"resumes from the round folders of {training_args.output_dir}")
             if bootstrap_resume_point(training_args.output_dir, training_args.bootstrap_rounds) == (0, None):
-                raise _SetupError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no "
+                raise SetupError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no "
                                   f"self-bootstrapping round with a complete checkpoint in {training_args.output_dir}")
     elif resume is True:
         from trl_pro.pro_trainer import last_complete_checkpoint
 
-        with _one_line_errors():
+        with one_line_errors(method.prog):
             if last_complete_checkpoint(training_args.output_dir) is None:
-                raise _SetupError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete "
+                raise SetupError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete "
                                   f"checkpoint in {training_args.output_dir}")
     if eval_dataset is not None and script_args.eval_before_training and not resuming:
         before = _reported(trainer.evaluate())
