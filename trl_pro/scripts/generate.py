@@ -246,12 +246,17 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
     return 0
 
 
-def cli_main(argv: list[str] | None = None) -> None:
+def run_command(prog: str, make_parser, main, argv: list[str] | None) -> None:
+    """Parse `argv` (YAML `--config` and flags) and run `main(data_args, args)` with one-line errors (also
+    `trl-pro rank`'s entry point)."""
     quiet_known_noise()
-    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
-    parser = make_parser()
-    data_args, args = parse(parser, argv)
-    run_main(PROG, main, data_args, args, plain_errors=(Exception,))
+    logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
+    data_args, args = parse(make_parser(), argv)
+    run_main(prog, main, data_args, args, plain_errors=(Exception,))
+
+
+def cli_main(argv: list[str] | None = None) -> None:
+    run_command(PROG, make_parser, main, argv)
 
 
 if __name__ == "__main__":

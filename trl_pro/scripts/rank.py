@@ -30,12 +30,17 @@ scores as `rm_scores`. The run is written in shards and resumes after an interru
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 
-from trl_pro.scripts._common import quiet_known_noise, run_main
-from trl_pro.scripts.generate import DataArguments, Parser, fingerprint, input_rankings, load_rows, parse
+from trl_pro.scripts.generate import (
+    DataArguments,
+    Parser,
+    fingerprint,
+    input_rankings,
+    load_rows,
+    run_command,
+)
 
 
 PROG = "trl-pro rank"
@@ -145,11 +150,7 @@ def main(data_args: DataArguments, args: RankArguments) -> int:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    quiet_known_noise()
-    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
-    parser = make_parser()
-    data_args, args = parse(parser, argv)
-    run_main(PROG, main, data_args, args, plain_errors=(Exception,))
+    run_command(PROG, make_parser, main, argv)
 
 
 if __name__ == "__main__":
