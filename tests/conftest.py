@@ -212,3 +212,13 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     _hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test. Generation with a tiny model is dominated by per-step overhead; on a busy
+    machine several OpenMP threads spinning against each other make it many times slower, one thread does not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

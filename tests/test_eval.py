@@ -12,14 +12,8 @@ from trl_pro import evaluation as ev
 from trl_pro.assets import HH_RLHF_DIR
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Generation with a tiny model is dominated by per-step overhead; on a busy machine several OpenMP threads
-    # spinning against each other make it many times slower, one thread does not.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# generation with a tiny model (see conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _hh(prompt_turn, chosen, rejected, subset=None):

@@ -6,18 +6,12 @@ import json
 import socket
 
 import pytest
-import torch
 
 from trl_pro import judges
 from trl_pro.evaluation import read_jsonl_cache
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(n=2, subset="harmless_base"):

@@ -204,9 +204,9 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def main(data_args: DataArguments, args: GenerateArguments) -> int:
-    from trl_pro.generation import GenerationStats, collect_candidates
-    from trl_pro.scripts._shards import ShardedOutput, check_output_path
+def check_data_command(data_args: DataArguments) -> None:
+    """What `generate` and `rank` need before any work: one process, and an output path of a known format."""
+    from trl_pro.scripts._shards import check_output_path
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # every process would write the same shards; one process batches the work instead
@@ -214,6 +214,13 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
     if not data_args.output_path:
         raise ValueError("give --output_path (.jsonl, .jsonl.gz or .parquet)")
     check_output_path(data_args.output_path)
+
+
+def main(data_args: DataArguments, args: GenerateArguments) -> int:
+    from trl_pro.generation import GenerationStats, collect_candidates
+    from trl_pro.scripts._shards import ShardedOutput
+
+    check_data_command(data_args)
     if args.num_generations < 1:
         raise ValueError(f"--num_generations must be >= 1, got {args.num_generations}")
     rows = load_rows(data_args)

@@ -30,12 +30,12 @@ scores as `rm_scores`. The run is written in shards and resumes after an interru
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict, dataclass, field
 
 from trl_pro.scripts.generate import (
     DataArguments,
     Parser,
+    check_data_command,
     fingerprint,
     input_rankings,
     load_rows,
@@ -110,14 +110,9 @@ def split_generated(ranking: dict) -> tuple[dict, list[tuple]]:
 def main(data_args: DataArguments, args: RankArguments) -> int:
     from trl_pro.ranking import RankingStats, build_rankings
     from trl_pro.reward_models import load_reward_model
-    from trl_pro.scripts._shards import ShardedOutput, check_output_path
+    from trl_pro.scripts._shards import ShardedOutput
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # every process would write the same shards; one process batches the work instead
-        raise ValueError("runs in a single process: drop --num_processes (the work is batched within the process)")
-    if not data_args.output_path:
-        raise ValueError("give --output_path (.jsonl, .jsonl.gz or .parquet)")
-    check_output_path(data_args.output_path)
+    check_data_command(data_args)
     rows = load_rows(data_args)
     # every row is validated before the reward model is loaded
     split = [split_generated(ranking) for ranking in input_rankings(rows, data_args.drop_invalid_rows)]
