@@ -44,7 +44,7 @@ def _models(size: str):
 
 def _pairs(count: int):
     from trl_pro.assets import load_hh_rlhf_slice
-    from trl_pro.ranking import dataset_rankings
+    from trl_pro.pipeline.rankings import dataset_rankings
 
     rows = dataset_rankings(load_hh_rlhf_slice("train").select(range(count + 10)), drop_invalid_rows=True)[:count]
     return rows
@@ -65,7 +65,7 @@ def _alternate(first, second, repeats: int) -> tuple[list[float], list[float]]:
 
 
 def bench_scoring(reward_model, tokenizer, rows, batch_size: int, repeats: int) -> dict:
-    from trl_pro.reward_models import score_completions
+    from trl_pro.pipeline.reward_models import score_completions
 
     prompts = [row["prompt"] for row in rows for _ in row["completions"]]
     completions = [c for row in rows for c in row["completions"]]
@@ -83,7 +83,7 @@ def bench_scoring(reward_model, tokenizer, rows, batch_size: int, repeats: int) 
 
 
 def bench_generation(policy, tokenizer, rows, batch_size: int, new_tokens: int, repeats: int) -> dict:
-    from trl_pro.generation import generate_local
+    from trl_pro.pipeline.generation import generate_local
 
     prompts = [row["prompt"] for row in rows]
     kwargs = dict(do_sample=False, max_completion_length=new_tokens, max_prompt_length=256, progress=False)
@@ -97,8 +97,9 @@ def bench_generation(policy, tokenizer, rows, batch_size: int, new_tokens: int, 
 
 
 def bench_bootstrap(policy, reward_model, tokenizer, rows_count: int, new_tokens: int, folder: Path) -> dict:
-    from trl_pro import PROConfig, PROTrainer
     from trl_pro.assets import load_hh_rlhf_slice
+    from trl_pro.trainers.pro_config import PROConfig
+    from trl_pro.trainers.pro_trainer import PROTrainer
 
     reward_dir = folder / "reward_model"
     reward_model.save_pretrained(reward_dir)

@@ -4,7 +4,7 @@
    tokens) one at a time and in batches of several sizes; repetitions are interleaved (1, 8, 16, 1, 8, 16, ...) so
    that a busy machine slows every setting alike, and each setting's median is reported with its ratio to one at a
    time. The batched responses are checked to equal the one-at-a-time ones.
-2. The whole evaluation (`trl_pro.evaluation.evaluate_systems`: generation, BLEU, sacreBLEU, and reward when a reward
+2. The whole evaluation (`trl_pro.evaluation.systems.evaluate_systems`: generation, BLEU, sacreBLEU, and reward when a reward
    model is given) of one model on the vendored HH-RLHF test slice (200 prompts), timed once, in a fresh folder.
 
 Results: `benchmarks/results/eval_generation.json`, `.md` and `.png`. CPU figures only; GPU: not measured on GPU.
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _generation_times(model, tokenizer, prompts, batch_sizes, repeats, max_new_tokens):
-    from trl_pro.evaluation import generate_responses
+    from trl_pro.evaluation.responses import generate_responses
 
     times = {bs: [] for bs in batch_sizes}
     outputs = {}
@@ -112,7 +112,9 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from trl_pro.evaluation import System, evaluate_systems, load_policy, load_test_data, unique_prompts
+    from trl_pro.evaluation.systems import System, evaluate_systems
+    from trl_pro.evaluation.test_data import load_test_data, unique_prompts
+    from trl_pro.pipeline.models import load_policy
 
     torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

@@ -2,7 +2,7 @@
 
 Every kernel is compiled (`triton.compile` with a `GPUTarget`, Triton's bundled ptxas) in each configuration the
 dispatcher can choose: the logits-tile kernels for bf16, fp16, fp32 with TF32 and fp32 IEEE inputs, with and without
-an LM-head bias, at the default tiles (`trl_pro.kernels._common.DEFAULT_TILES`); the finalize kernel; the ranking
+an LM-head bias, at the default tiles (`trl_pro.loss_core.common.DEFAULT_TILES`); the finalize kernel; the ranking
 kernel for every combination of its flags at N_BLOCK 16, and for N_BLOCK 2..64 (ranking lengths up to 64). For each:
 registers per thread, spill stores/loads (bytes, from `ptxas -v`), shared memory (Triton's dynamic allocation plus
 static), local memory. A regression in any of them shows up here without a GPU; run time is not measured on GPU.
@@ -36,8 +36,8 @@ TILE_CANDIDATES = [(64, 128, 64, 4), (64, 128, 64, 8), (64, 128, 32, 4), (64, 12
 def _configs(tiles=None, logits_only: bool = False):
     import triton.language as tl
 
-    from trl_pro.kernels import ranking, token_logprob
-    from trl_pro.kernels._common import DEFAULT_TILES
+    from trl_pro.loss_core.common import DEFAULT_TILES
+    from trl_pro.loss_core.triton import pro_ranking, token_logprob
 
     tiles = tiles or DEFAULT_TILES
     dtypes = (("bf16", tl.bfloat16, "*bf16", "ieee"), ("fp16", tl.float16, "*fp16", "ieee"),
@@ -68,7 +68,7 @@ def _configs(tiles=None, logits_only: bool = False):
     variants += [(True, False, False, n_block) for n_block in (2, 4, 8, 32, 64)]
     for rewards, sft_mean, first_only, n_block in variants:
         label = f"N_BLOCK={n_block}, rewards={rewards}, sft_mean={sft_mean}, first_only={first_only}"
-        yield (ranking._ranking_kernel, label, 4, ranking_signature,
+        yield (pro_ranking._ranking_kernel, label, 4, ranking_signature,
                dict(HAS_REWARDS=rewards, SFT_MEAN=sft_mean, FIRST_ONLY=first_only, N_BLOCK=n_block))
 
 
@@ -110,9 +110,8 @@ def _cubin_usage(cubin: bytes) -> dict:
 def compile_all(configs=None) -> list[dict]:
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from triton.backends.nvidia.compiler import get_ptxas  # the ptxas Triton itself uses for this arch
+    from triton.compiler import ASTSource
 
     rows = []
     for fn, label, num_warps, signature, constexprs in configs or _configs():
@@ -135,7 +134,7 @@ def compare_tiles() -> list[dict]:
     `TILE_CANDIDATES`: the spills and registers that chose the default tiles."""
     import dataclasses
 
-    from trl_pro.kernels._common import DEFAULT_TILES
+    from trl_pro.loss_core.common import DEFAULT_TILES
 
     summary = []
     for block_t, block_v, block_h, num_warps in TILE_CANDIDATES:

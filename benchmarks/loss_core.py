@@ -2,9 +2,9 @@
 
 Methods, on the same inputs (hidden states of the scored positions [T, H] and an LM head [V, H], bf16, no bias):
     (a) eager     the authors' style: logits in the model dtype and a full fp32 log_softmax, one candidate at a time,
-                  every candidate's tensors kept for the backward (`reference.eager_pro_loss_from_hidden`).
+                  every candidate's tensors kept for the backward (`reference.eager_ranking_loss_from_hidden`).
     (b) trl       TRL's chunked fused LM-head log-probs (`trl.kernels.ChunkedLogProbFunction`) + torch cascade.
-    (c) fused     this package's core, `pro_loss_from_hidden(implementation="auto")`: the Triton kernels on CUDA,
+    (c) fused     this package's core, `ranking_loss_from_hidden(implementation="auto")`: the Triton kernels on CUDA,
                   the torch twin of the same chunked algorithm on CPU.
 Each with a trainable and a frozen (LoRA/QLoRA) LM head. Ratios are against (a) and (b) of the same run, on the best
 of the timed steps (the machine may be shared; the median is in the JSON too).
@@ -29,11 +29,9 @@ import os
 import platform
 import re
 import statistics
+import subprocess  # noqa: E402
 import sys
 import time
-
-
-import subprocess  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -41,10 +39,12 @@ import torch  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from trl_pro.kernels import pro_loss_from_hidden  # noqa: E402
-from trl_pro.kernels.core import trl_pro_loss_from_hidden  # noqa: E402
-from trl_pro.kernels.reference import eager_pro_loss_from_hidden  # noqa: E402
-from trl_pro.layout import RankingLayout  # noqa: E402
+from trl_pro.data.layout import RankingLayout  # noqa: E402
+from trl_pro.loss_core.dispatch import (
+    ranking_loss_from_hidden,  # noqa: E402
+    trl_ranking_loss_from_hidden,  # noqa: E402
+)
+from trl_pro.loss_core.reference import eager_ranking_loss_from_hidden  # noqa: E402
 
 
 METHODS = ("eager", "trl", "fused")
@@ -135,13 +135,13 @@ def step(method, x):
     args = (x["hidden"], x["weight"], None, x["targets"], x["layout"], x["rewards"])
     kwargs = dict(sft_weight=x["beta"])
     if method == "eager":
-        out = eager_pro_loss_from_hidden(*args, **kwargs, upcast=False, per_candidate=True)
+        out = eager_ranking_loss_from_hidden(*args, **kwargs, upcast=False, per_candidate=True)
     elif method == "trl":
-        out = trl_pro_loss_from_hidden(*args, **kwargs)
+        out = trl_ranking_loss_from_hidden(*args, **kwargs)
     elif method == "liger":
         out = _liger_step(x)
     else:
-        out = pro_loss_from_hidden(*args, **kwargs, implementation="auto")
+        out = ranking_loss_from_hidden(*args, **kwargs, implementation="auto")
     (out[0] if isinstance(out, tuple) else out.loss).backward()
     x["hidden"].grad = None
     x["weight"].grad = None

@@ -58,8 +58,9 @@ def worker(args) -> dict:
     from transformers import BitsAndBytesConfig, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from trl_pro import PROConfig, PROTrainer
     from trl_pro.assets import load_tiny_tokenizer
+    from trl_pro.trainers.pro_config import PROConfig
+    from trl_pro.trainers.pro_trainer import PROTrainer
 
     steps, warmup, cuda = args.steps, args.warmup, not args.smoke
     tokens = SMOKE_TOKENS if args.smoke else TOKENS

@@ -3,7 +3,7 @@
 The same rankings, model and loss go through one training step (forward, backward, AdamW step) in both layouts:
 - plain: every candidate is a row `prompt + candidate` (the prompt is encoded n times);
 - shared: every ranking is a row `[prompt, candidate 1, ..., candidate n]` with the shared-prompt 4D mask
-  (`trl_pro.shared_prompt`, sdpa backend on CPU).
+  (`trl_pro.loss_core.shared_prompt`, sdpa backend on CPU).
 
 Rankings of n = 2, 4, 8 candidates are drawn from the vendored HH-RLHF slice: the prompt of one row, and n responses
 (chosen or rejected) of random rows as candidates, so prompt and response lengths follow the data; tokenized and
@@ -42,7 +42,7 @@ sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
-from trl_pro.layout import RankingLayout  # noqa: E402
+from trl_pro.data.layout import RankingLayout  # noqa: E402
 
 
 GOALS = {2: 1.3, 4: 2.0}  # shared step at least this many times faster than plain, memory no higher
@@ -57,11 +57,11 @@ LAYOUTS = ("plain", "shared")
 
 def build_model(name: str):
     from trl_pro.assets import build_tiny_llama
-    from trl_pro.modeling import add_pro_loss_head
+    from trl_pro.loss_core.head import add_ranking_loss_head
 
     model = build_tiny_llama(0, **MODELS[name])
     model.config._attn_implementation = "sdpa"
-    add_pro_loss_head(model)
+    add_ranking_loss_head(model)
     return model.train()
 
 
@@ -70,7 +70,8 @@ def make_rankings(n: int, count: int, seed: int, max_length: int = 512, max_prom
     from trl.data_utils import extract_prompt
 
     from trl_pro.assets import load_hh_rlhf_slice, load_tiny_tokenizer
-    from trl_pro.data import rank, to_ranking, tokenize_ranking
+    from trl_pro.data.formats import rank, to_ranking
+    from trl_pro.data.tokenization import tokenize_ranking
 
     tokenizer = load_tiny_tokenizer()
     rows = [extract_prompt(r) for r in load_hh_rlhf_slice("train")]
@@ -89,7 +90,7 @@ def make_rankings(n: int, count: int, seed: int, max_length: int = 512, max_prom
 
 
 def make_batches(n: int, batches: int, rankings_per_step: int, seed: int = 0) -> dict[str, list[dict]]:
-    from trl_pro.data import DataCollatorForRanking
+    from trl_pro.data.collator import DataCollatorForRanking
 
     rankings = make_rankings(n, batches * rankings_per_step, seed=seed + n)
     out = {}
@@ -105,7 +106,7 @@ def step(model, optimizer, batch) -> None:
     output = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        pro_inputs={"completion_mask": batch["completion_mask"], "segment_ids": batch.get("segment_ids"),
+        ranking_inputs={"completion_mask": batch["completion_mask"], "segment_ids": batch.get("segment_ids"),
                     "layout": layout, "rewards": batch["rewards"], "sft_weight": 0.05 * (n - 1) ** 2},
     )
     output.loss.backward()

@@ -1,3 +1,5 @@
+
+
 """Soak: `trl-pro pro` on the quickstart recipe for 2,000 optimizer steps, watching for slow failures.
 
 A benchmark, not a CI test (a smoke test runs it for a few steps). One process, the quickstart settings
@@ -64,7 +66,6 @@ def run(steps: int, output_dir: str, output: Path | None = None, write_every: in
     import psutil
     from transformers import TrainerCallback
 
-    from trl_pro.scripts import pro
 
     process = psutil.Process()
     records: dict[int, dict] = {}
@@ -90,9 +91,12 @@ def run(steps: int, output_dir: str, output: Path | None = None, write_every: in
         "false", "--output_dir", output_dir, "--save_strategy", "no", "--disable_tqdm", "false",
         "--no_eval_before_training",
     ]
-    parser = pro.make_parser()
-    script_args, training_args, model_args, dataset_args = pro.parse_args(parser, argv)
-    pro.quiet_known_noise()
+    from trl_pro.cli import training
+    from trl_pro.utils.quiet import quiet_known_noise
+
+    parser = training.make_method_parser(training.PRO)
+    script_args, training_args, model_args, dataset_args = training.parse_args(parser, argv)
+    quiet_known_noise()
 
     import logging
 
@@ -101,8 +105,8 @@ def run(steps: int, output_dir: str, output: Path | None = None, write_every: in
             if "Dropped" in record.getMessage():
                 dropped.append(record.getMessage())
 
-    logging.getLogger("trl_pro.pro_trainer").addHandler(Dropped())
-    trainer, _ = pro.build_trainer(script_args, training_args, model_args, dataset_args)
+    logging.getLogger("trl_pro.trainers").addHandler(Dropped())
+    trainer, _ = training.build_trainer(script_args, training_args, model_args, dataset_args)
     trainer.add_callback(Watch())
     rss_before = process.memory_info().rss / 2**20
     start = time.perf_counter()

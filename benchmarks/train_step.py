@@ -126,7 +126,7 @@ def synthetic_pairs(num_rows: int, prompt_tokens: int, completion_tokens: int, s
 
 def hh_pairs():
     from trl_pro.assets import load_hh_rlhf_slice
-    from trl_pro.data import PAIRWISE, to_ranking
+    from trl_pro.data.formats import PAIRWISE, to_ranking
 
     dataset = load_hh_rlhf_slice("train")
 
@@ -179,8 +179,9 @@ def worker(args) -> dict:
     from transformers import BitsAndBytesConfig, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from trl_pro import PROConfig, PROTrainer
     from trl_pro.assets import load_tiny_tokenizer
+    from trl_pro.trainers.pro_config import PROConfig
+    from trl_pro.trainers.pro_trainer import PROTrainer
 
     cuda = args.model == "llama7b-qlora"
     qlora = args.model in QLORA_MODELS
@@ -527,8 +528,9 @@ def ranking_worker(args) -> dict:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from trl_pro import PROConfig, PROTrainer
     from trl_pro.assets import load_tiny_tokenizer
+    from trl_pro.trainers.pro_config import PROConfig
+    from trl_pro.trainers.pro_trainer import PROTrainer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -736,8 +738,11 @@ def lengths_worker(args) -> dict:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from trl_pro import PROConfig, PROTrainer, RRHFConfig, RRHFTrainer
     from trl_pro.assets import load_tiny_tokenizer
+    from trl_pro.trainers.pro_config import PROConfig
+    from trl_pro.trainers.pro_trainer import PROTrainer
+    from trl_pro.trainers.rrhf_config import RRHFConfig
+    from trl_pro.trainers.rrhf_trainer import RRHFTrainer
 
     trainer_name, n = args.ranking_worker, args.ranking_length
     torch.manual_seed(0)

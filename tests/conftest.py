@@ -32,7 +32,7 @@ def tiny_model():
 def make_config(tmp_path):
     """PROConfig (or `config_class`, e.g. RRHFConfig) for fast, exact CPU tests (fp32, no checkpointing, no saving,
     no reporting)."""
-    from trl_pro import PROConfig
+    from trl_pro.trainers.pro_config import PROConfig
 
     def make(config_class=PROConfig, **overrides):
         kwargs = dict(
@@ -208,6 +208,7 @@ def openai_server(tiny_policy_dir):
 # Property tests (tests/test_properties.py): in CI (CI=true) hypothesis draws the same examples on every run, so a
 # submission is judged on a fixed set; locally each run explores new examples (and keeps failures in .hypothesis/)
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
 
 _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

@@ -10,8 +10,9 @@ import sys
 
 from datasets import Dataset
 
-from trl_pro import PROConfig, PROTrainer
 from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer
+from trl_pro.trainers.pro_config import PROConfig
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 def top1_and_count(prediction):

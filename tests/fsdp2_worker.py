@@ -17,7 +17,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from trl_pro.assets import build_tiny_llama
-from trl_pro.modeling import add_pro_loss_head
+from trl_pro.loss_core.head import add_ranking_loss_head
 
 
 def main(recorded_path: str, result_path: str, head_unit: str) -> None:
@@ -30,7 +30,7 @@ def main(recorded_path: str, result_path: str, head_unit: str) -> None:
     if head_unit == "own":
         fully_shard(model.get_output_embeddings(), mesh=mesh)
     fully_shard(model, mesh=mesh)
-    add_pro_loss_head(model)
+    add_ranking_loss_head(model)
     head_types = []  # what the loss head finds when it runs (hooks run after FSDP's own pre-forward unshard)
     model.register_forward_pre_hook(
         lambda module, args: head_types.append(type(module.get_output_embeddings().weight).__name__)

@@ -18,6 +18,7 @@ from trl_pro.assets import (
     tiny_llama_config,
 )
 
+
 EXPECTED_ROWS = {"train": 1200, "test": 200}
 ASSISTANT = "\n\nAssistant:"
 # Where make_assets reads the full source; the reproducibility test is skipped where it is absent.

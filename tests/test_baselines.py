@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from datasets import load_dataset
-
 from baseline_data import write_ranked_file
+from datasets import load_dataset
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,9 +3,11 @@ import math
 
 import pytest
 
-from trl_pro import PROConfig, PROTrainer
 from trl_pro.assets import build_tiny_llama, load_hh_rlhf_slice
-from trl_pro.bootstrap import split_into_parts
+from trl_pro.cli import training
+from trl_pro.trainers.bootstrapping import split_into_parts
+from trl_pro.trainers.pro_config import PROConfig
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 def test_split_into_parts():
@@ -80,8 +82,8 @@ def _bootstrap_run(make_config, reward_model_dir, tokenizer, rows, output_dir, r
 
 
 def test_each_round_keeps_its_checkpoints_and_rankings(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path):
-    from trl_pro.bootstrap import ROUND_COMPLETE, round_dir
-    from trl_pro.ranking import dataset_rankings
+    from trl_pro.pipeline.rankings import dataset_rankings
+    from trl_pro.trainers.bootstrapping import ROUND_COMPLETE, round_dir
 
     _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "run")
     for number in (1, 2):
@@ -108,7 +110,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
     import torch
     from safetensors.torch import load_file
 
-    from trl_pro.bootstrap import ROUND_COMPLETE, round_dir
+    from trl_pro.trainers.bootstrapping import ROUND_COMPLETE, round_dir
 
     whole = _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "whole")
     cut = tmp_path / "cut"
@@ -146,12 +148,11 @@ def test_bootstrap_recipe_end_to_end_on_cpu(tiny_reward_model_dir, rows, tmp_pat
     """recipes/pro/hh_rlhf_bootstrap_llama7b_qlora.yaml with the tiny models: 4 rounds on 16 rows, 1 step each."""
     from pathlib import Path
 
-    from trl_pro.scripts import pro
 
     data = tmp_path / "train.jsonl"
     rows.to_json(data)
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "pro" / "hh_rlhf_bootstrap_llama7b_qlora.yaml"
-    trainer = pro.main(*pro.parse_args(pro.make_parser(), [
+    trainer = training.train(*training.parse_args(training.make_method_parser(training.PRO), [
         "--config", str(recipe), "--dataset_name", str(data), "--model_name_or_path", "trl-pro/tiny-llama",
         "--dtype", "float32", "--load_in_4bit", "false", "--lora_target_modules", "q_proj", "v_proj",
         "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
@@ -171,7 +172,7 @@ def test_a_new_run_replaces_the_round_folders_of_an_earlier_one(make_config, tin
                                                                  tmp_path):
     """Stale checkpoints of an earlier, longer run in the same output_dir would be taken for the new run's by a
     resume: a round that starts afresh replaces its folder."""
-    from trl_pro.bootstrap import bootstrap_resume_point, round_dir
+    from trl_pro.trainers.bootstrapping import bootstrap_resume_point, round_dir
 
     _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "run", num_train_epochs=2)
     assert (round_dir(tmp_path / "run", 2) / "checkpoint-4").is_dir()
@@ -187,12 +188,11 @@ def test_a_new_run_replaces_the_round_folders_of_an_earlier_one(make_config, tin
     ("out/checkpoint-2", "with self-bootstrapping pass `true`"),
 ])
 def test_cli_resume_errors_are_one_line(tiny_reward_model_dir, rows, tmp_path, capsys, resume, message):
-    from trl_pro.scripts import pro
 
     data = tmp_path / "train.jsonl"
     rows.to_json(data)
     with pytest.raises(SystemExit) as exit_info:
-        pro.cli_main([
+        training.cli_main([
             "--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", str(data), "--use_cpu", "true",
             "--bf16", "false", "--bootstrap_rounds", "2", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
             "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir), "--resume_from_checkpoint", resume,

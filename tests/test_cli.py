@@ -14,10 +14,14 @@ from datasets import Dataset, DatasetDict
 from trl import DatasetMixtureConfig, ModelConfig
 
 import trl_pro.cli as cli
-from trl_pro import PROConfig
 from trl_pro.assets import HH_RLHF_DIR, build_tiny_llama
-from trl_pro.scripts import pro
-from trl_pro.scripts.pro import PROScriptArguments, make_parser
+from trl_pro.cli import training
+from trl_pro.cli.training import PROScriptArguments
+from trl_pro.data.loading import _column_map, _rename_columns, load_dataset_splits, load_named_dataset
+from trl_pro.pipeline.models import TINY_LLAMA, resolve_model
+from trl_pro.scripts.pro import make_parser
+from trl_pro.trainers.pro_config import PROConfig
+from trl_pro.utils.errors import SetupError
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,7 +140,7 @@ def test_invalid_row_is_one_line_with_a_hint(tmp_path, capsys):
     argv = ["--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", str(HH_RLHF_DIR), "--use_cpu", "true",
             "--output_dir", str(tmp_path), "--report_to", "none"]
     with pytest.raises(SystemExit) as exit_info:
-        pro.main(*pro.parse_args(make_parser(), argv))
+        training.train(*training.parse_args(make_parser(), argv))
     assert exit_info.value.code == 1
     lines = [line for line in _error_lines(capsys.readouterr().err) if "error:" in line]
     assert len(lines) == 1
@@ -154,7 +158,7 @@ def test_yaml_values_flags_override_and_env(tmp_path, launched):
         "accelerate_config: zero3\nnum_processes: 8\n"
     )
     parser = make_parser()
-    script_args, training_args, model_args, _ = pro.parse_args(
+    script_args, training_args, model_args, _ = training.parse_args(
         parser, ["--config", str(config), "--learning_rate", "0.5"]
     )
     assert training_args.learning_rate == 0.5  # the flag wins over YAML
@@ -235,7 +239,7 @@ def _args(**kwargs):
 
 
 def test_load_local_folder_gives_splits():
-    dataset = pro.load_dataset_splits(*_args(dataset_name=str(HH_RLHF_DIR)))
+    dataset = load_dataset_splits(*_args(dataset_name=str(HH_RLHF_DIR)))
     assert {name: len(split) for name, split in dataset.items()} == {"train": 1200, "test": 200}
 
 
@@ -250,7 +254,7 @@ def test_load_local_file(tmp_path, suffix):
     else:
         text = "".join(json.dumps(row) + "\n" for row in rows)
         path.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
-    dataset = pro.load_dataset_splits(*_args(dataset_name=str(path), dataset_train_split="mine"))
+    dataset = load_dataset_splits(*_args(dataset_name=str(path), dataset_train_split="mine"))
     assert list(dataset) == ["mine"] and dataset["mine"].to_list() == rows
 
 
@@ -258,19 +262,19 @@ def test_load_save_to_disk_folder_and_missing_path(tmp_path):
     DatasetDict({"train": Dataset.from_dict({"x": [1, 2]}), "test": Dataset.from_dict({"x": [3]})}).save_to_disk(
         str(tmp_path / "saved")
     )
-    assert len(pro.load_dataset_splits(*_args(dataset_name=str(tmp_path / "saved")))["test"]) == 1
-    with pytest.raises(pro.SetupError, match="does not exist"):
-        pro.load_dataset_splits(*_args(dataset_name=str(tmp_path / "nothing")))
-    with pytest.raises(pro.SetupError, match="format"):
+    assert len(load_dataset_splits(*_args(dataset_name=str(tmp_path / "saved")))["test"]) == 1
+    with pytest.raises(SetupError, match="does not exist"):
+        load_dataset_splits(*_args(dataset_name=str(tmp_path / "nothing")))
+    with pytest.raises(SetupError, match="format"):
         (tmp_path / "data.txt").write_text("x")
-        pro.load_dataset_splits(*_args(dataset_name=str(tmp_path / "data.txt")))
+        load_dataset_splits(*_args(dataset_name=str(tmp_path / "data.txt")))
 
 
 def test_drop_invalid_rows_logs_the_count(caplog):
-    from trl_pro import PROTrainer
     from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer
+    from trl_pro.trainers.pro_trainer import PROTrainer
 
-    train = pro.load_named_dataset(str(HH_RLHF_DIR))["train"]
+    train = load_named_dataset(str(HH_RLHF_DIR))["train"]
     args = PROConfig("out", use_cpu=True, drop_invalid_rows=True, report_to="none")
     with caplog.at_level("WARNING"):
         trainer = PROTrainer(build_tiny_llama(), args=args, train_dataset=train, processing_class=load_tiny_tokenizer())
@@ -280,23 +284,23 @@ def test_drop_invalid_rows_logs_the_count(caplog):
 
 
 def test_column_map():
-    renamed = pro._rename_columns(
+    renamed = _rename_columns(
         Dataset.from_dict({"p": ["x"], "responses": [["a", "b"]], "rm": [[1.0, 0.0]]}),
-        pro._column_map(PROScriptArguments(dataset_column_map='{"p": "prompt", "responses": "completions", '
+        _column_map(PROScriptArguments(dataset_column_map='{"p": "prompt", "responses": "completions", '
                                            '"rm": "scores"}')),
         "train",
     )
     assert renamed.column_names == ["prompt", "completions", "scores"]
-    with pytest.raises(pro.SetupError, match="no column"):
-        pro._rename_columns(renamed, {"missing": "prompt"}, "train")
+    with pytest.raises(SetupError, match="no column"):
+        _rename_columns(renamed, {"missing": "prompt"}, "train")
 
 
 # --- Model -----------------------------------------------------------------------------------------------------------
 
 
 def test_builtin_tiny_llama_is_seeded_random_init():
-    model, tokenizer, quantization, peft = pro.resolve_model(
-        ModelConfig(model_name_or_path=pro.TINY_LLAMA), PROConfig("out", use_cpu=True, seed=3)
+    model, tokenizer, quantization, peft = resolve_model(
+        ModelConfig(model_name_or_path=TINY_LLAMA), PROConfig("out", use_cpu=True, seed=3)
     )
     assert quantization is None and peft is None and len(tokenizer) == 2048
     reference = build_tiny_llama(3)
@@ -307,7 +311,7 @@ def test_builtin_tiny_llama_is_seeded_random_init():
 
 def test_other_models_go_through_from_pretrained():
     training_args = PROConfig("out", use_cpu=True)
-    model, tokenizer, quantization, peft = pro.resolve_model(
+    model, tokenizer, quantization, peft = resolve_model(
         ModelConfig(model_name_or_path="some-org/some-model", dtype="bfloat16"), training_args
     )
     assert model == "some-org/some-model" and tokenizer is None and quantization is None and peft is None
@@ -333,7 +337,7 @@ def test_end_to_end_prints_before_after_and_saves(tmp_path):
     assert f"saved to {out}" in result.stdout
     record = json.loads((out / "eval_before_after.json").read_text())
     assert record["split"] == "test" and record["num_rows"] == 200
-    assert set(record["before"]) == set(record["after"]) == {key for key, _ in pro.REPORTED_METRICS}
+    assert set(record["before"]) == set(record["after"]) == {key for key, _ in training.REPORTED_METRICS}
     assert record["after"]["eval_loss"] < record["before"]["eval_loss"]  # 8 steps at lr 2e-3 move the tiny model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

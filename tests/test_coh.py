@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_pro.coh import (
+from trl_pro.data.coh import (
     NEGATIVE_PHRASE,
     POSITIVE_PHRASE,
     coh_prompt,

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from baseline_data import write_ranked_file
+
 from trl_pro.scripts import compare
 
 
@@ -72,7 +72,7 @@ def test_compare_trains_every_method_on_one_dataset(tmp_path, tiny_reward_model_
     assert all(systems[name]["prompt_suffix"] == "" for name in systems if name != "coh")
     assert all((out / systems[name]["path"]).is_dir() for name in expected)
     # ... as trl-pro eval reads it
-    from trl_pro.evaluation import read_comparison_folder
+    from trl_pro.evaluation.systems import read_comparison_folder
 
     read = {system.name: system for system in read_comparison_folder(out)}
     assert set(read) == set(systems) and read["coh"].prompt_suffix == " A helpful answer:"
@@ -104,6 +104,6 @@ def test_compare_rejects_unknown_methods_and_overrides(tmp_path, capsys):
 
 
 def test_compare_is_a_cli_command():
-    from trl_pro.cli import get_commands
+    from trl_pro.cli.main import get_commands
 
     assert {"compare", "coh"} <= {command.name for command in get_commands()}

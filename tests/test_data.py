@@ -5,8 +5,8 @@ import math
 import pytest
 from datasets import Dataset
 
-from trl_pro import PROTrainer
-from trl_pro.data import RANKED, to_ranking
+from trl_pro.data.formats import RANKED, to_ranking
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 GOOD = {"prompt": "The sky is", "completions": [" blue", " green", " red"], "scores": [3.0, 2.0, 1.0]}

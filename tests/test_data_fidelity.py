@@ -2,18 +2,19 @@
 HH-RLHF prompts ending at the turn marker, and the TRL versions the package is tested with."""
 
 import importlib
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from datasets import Dataset
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from trl_pro import PROConfig, PROTrainer
-from trl_pro.scripts import pro
+from trl_pro.cli import training
 from trl_pro.scripts.pro import make_parser
+from trl_pro.trainers.pro_config import PROConfig
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 # --- 1. A DPO-shaped config works unchanged ------------------------------------------------------------------------
@@ -34,7 +35,7 @@ def test_dpo_shaped_config_adapts_the_prompt_length(tmp_path, tokenizer, tiny_mo
 
 
 def test_dpo_shaped_cli_flag(tmp_path):
-    _, training_args, _, _ = pro.parse_args(
+    _, training_args, _, _ = training.parse_args(
         make_parser(), ["--max_length", "192", "--use_cpu", "true", "--output_dir", str(tmp_path)]
     )
     assert training_args.max_length == 192 and training_args.max_prompt_length is None
@@ -96,7 +97,7 @@ def hh_test_rows():
 
 
 def test_hh_rlhf_prompt_ends_at_the_last_assistant_marker(hh_test_rows):
-    from trl_pro.data import PAIRWISE, to_ranking
+    from trl_pro.data.formats import PAIRWISE, to_ranking
     from trl_pro.scripts.prepare_data import _hh_ranking
 
     shared_first_word = 0
@@ -116,7 +117,7 @@ def test_hh_rlhf_prompt_ends_at_the_last_assistant_marker(hh_test_rows):
 
 
 def test_other_implicit_prompts_keep_trls_common_prefix():
-    from trl_pro.data import PAIRWISE, to_ranking
+    from trl_pro.data.formats import PAIRWISE, to_ranking
 
     text = to_ranking({"chosen": "The sky is blue.", "rejected": "The sky is green."}, 0, PAIRWISE, False)
     assert text["prompt"] == "The sky is" and text["completions"] == [" blue.", " green."]
@@ -146,7 +147,7 @@ def llama_style_tokenizer():
 @pytest.mark.parametrize("words", [3, 31, 32, 33, 300])
 @pytest.mark.parametrize("conversational", [False, True])
 def test_truncated_prompt_keeps_bos(llama_style_tokenizer, words, conversational):
-    from trl_pro.data import tokenize_ranking
+    from trl_pro.data.tokenization import tokenize_ranking
 
     tokenizer = llama_style_tokenizer
     text = " ".join(f"w{i}" for i in range(words))
@@ -171,7 +172,7 @@ def test_bos_kept_with_a_tokenizer_that_also_adds_eos():
     from transformers import AutoTokenizer
 
     from trl_pro.assets import TOKENIZER_DIR
-    from trl_pro.data import tokenize_ranking
+    from trl_pro.data.tokenization import tokenize_ranking
 
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR), add_bos_token=True, add_eos_token=True)
     tokens = tokenize_ranking({"prompt": "word " * 100, "completions": [" yes", " no"]}, 0, tokenizer, 64, 16)
@@ -200,7 +201,7 @@ LOGIT_TRANSFORMS = {
 
 
 def _ranking_batch():
-    from trl_pro.data import DataCollatorForRanking
+    from trl_pro.data.collator import DataCollatorForRanking
 
     generator = torch.Generator().manual_seed(0)
 
@@ -216,10 +217,10 @@ def _ranking_batch():
 
 def _pro_and_reference(model, batch):
     """(PRO output, reference loss, reference scores): the reference takes log-softmax of the model's own logits."""
-    from trl_pro.kernels import ranking_loss_from_sums
-    from trl_pro.layout import RankingLayout
-    from trl_pro.modeling import add_pro_loss_head
-    from trl_pro.pro_loss import PROObjective
+    from trl_pro.data.layout import RankingLayout
+    from trl_pro.loss_core.dispatch import ranking_loss_from_sums
+    from trl_pro.loss_core.head import add_ranking_loss_head
+    from trl_pro.objectives.pro import PROObjective
 
     layout = RankingLayout(batch["token_offsets"], batch["ranking_offsets"], batch["sft_candidate"])
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -228,8 +229,8 @@ def _pro_and_reference(model, batch):
     predicts_completion = batch["completion_mask"][:, 1:].bool()
     sums = torch.zeros(layout.num_candidates).index_add(0, layout.token_candidate(), logprobs[predicts_completion])
     reference_loss, reference = ranking_loss_from_sums(sums, layout, None, 0.1, PROObjective())
-    add_pro_loss_head(model)
-    output = model(**inputs, pro_inputs={"completion_mask": batch["completion_mask"], "layout": layout,
+    add_ranking_loss_head(model)
+    output = model(**inputs, ranking_inputs={"completion_mask": batch["completion_mask"], "layout": layout,
                                          "rewards": None, "sft_weight": 0.1, "implementation": "torch"})
     return output, reference_loss, reference.scores
 
@@ -257,9 +258,9 @@ def test_scores_are_the_models_own_logits(architecture):
 
 def test_scale_and_softcap_together_match_eager_logits():
     """Muse Glimmer's `T * tanh(output_multiplier * z / T)`, at the loss-core level, with a bias."""
-    from trl_pro.kernels import pro_loss_from_hidden, ranking_loss_from_sums
-    from trl_pro.layout import RankingLayout
-    from trl_pro.pro_loss import PROObjective
+    from trl_pro.data.layout import RankingLayout
+    from trl_pro.loss_core.dispatch import ranking_loss_from_hidden, ranking_loss_from_sums
+    from trl_pro.objectives.pro import PROObjective
 
     generator = torch.Generator().manual_seed(1)
     hidden = torch.randn(12, 16, generator=generator, requires_grad=True)
@@ -268,7 +269,7 @@ def test_scale_and_softcap_together_match_eager_logits():
     targets = torch.randint(0, 40, (12,), generator=generator)
     layout = RankingLayout(torch.tensor([0, 3, 7, 9, 12]), torch.tensor([0, 2, 4]), torch.tensor([0, 2]))
     for scale, softcap in [(0.5, 3.0), (2.0, None)]:
-        output = pro_loss_from_hidden(hidden, weight, bias, targets, layout, sft_weight=0.1, implementation="torch",
+        output = ranking_loss_from_hidden(hidden, weight, bias, targets, layout, sft_weight=0.1, implementation="torch",
                                       logit_scale=scale, final_logit_softcapping=softcap)
         logits = (hidden @ weight.T + bias) * scale
         if softcap is not None:
@@ -285,13 +286,13 @@ def test_scale_and_softcap_together_match_eager_logits():
 def test_unknown_logit_transforms_are_rejected():
     import transformers
 
-    from trl_pro.modeling import add_pro_loss_head
+    from trl_pro.loss_core.head import add_ranking_loss_head
 
     recurrent_gemma = transformers.RecurrentGemmaForCausalLM(transformers.RecurrentGemmaConfig(**{
         k: v for k, v in TINY.items() if k != "head_dim"}, logits_soft_cap=30.0))
     with pytest.raises(NotImplementedError, match="logits_soft_cap=30.0.*would differ from the model's own logits"):
-        add_pro_loss_head(recurrent_gemma)
+        add_ranking_loss_head(recurrent_gemma)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY))
     llama.config.unpadded_vocab_size = 60  # logits sliced to the real vocabulary (Inkling)
     with pytest.raises(NotImplementedError, match="unpadded_vocab_size=60"):
-        add_pro_loss_head(llama)
+        add_ranking_loss_head(llama)

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from trl_pro import evaluation as ev
 from trl_pro.assets import HH_RLHF_DIR
+from trl_pro.evaluation import systems as ev
+from trl_pro.pipeline.models import load_policy
 
 
 # generation with a tiny model (see conftest.one_torch_thread)
@@ -168,7 +169,7 @@ def test_responses_file_missing_or_extra_prompts(tmp_path):
 
 
 def test_generation_batched_matches_one_at_a_time_and_resumes_from_its_cache(tiny_policy_dir, tmp_path):
-    model, tokenizer = ev.load_policy(str(tiny_policy_dir))
+    model, tokenizer = load_policy(str(tiny_policy_dir))
     prompts = ev.unique_prompts(ev.load_test_data(max_samples=4))
     kwargs = dict(max_new_tokens=6, progress=False)
     batched = ev.generate_responses(model, tokenizer, prompts, batch_size=4, **kwargs)
@@ -192,7 +193,7 @@ def test_generation_batched_matches_one_at_a_time_and_resumes_from_its_cache(tin
 
 
 def test_evaluate_systems_model_responses_file_reward_and_resume(tiny_policy_dir, tiny_reward_model_dir, tmp_path):
-    from trl_pro.reward_models import load_reward_model, score_completions
+    from trl_pro.pipeline.reward_models import load_reward_model, score_completions
 
     data = ev.load_test_data(max_samples=4)
     prompts = ev.unique_prompts(data)
@@ -353,16 +354,16 @@ def test_peft_adapter_and_4bit_systems_load_and_generate(tiny_policy_dir, tmp_pa
     base = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
     adapter = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter.save_pretrained(tmp_path / "adapter")
-    model, tokenizer = ev.load_policy(str(tmp_path / "adapter"))
+    model, tokenizer = load_policy(str(tmp_path / "adapter"))
     assert isinstance(model, PeftModel) and tokenizer.pad_token is not None
     prompts = ev.unique_prompts(ev.load_test_data(max_samples=2))
     with_adapter = ev.generate_responses(model, tokenizer, prompts, max_new_tokens=4, progress=False)
-    plain, _ = ev.load_policy(str(tiny_policy_dir))
+    plain, _ = load_policy(str(tiny_policy_dir))
     logits = [m(**tokenizer(prompts[0], return_tensors="pt")).logits for m in (model, plain)]
     assert not torch.allclose(*logits)  # the adapter is applied
     assert set(with_adapter) == set(prompts)
     pytest.importorskip("bitsandbytes")
-    quantized, tokenizer = ev.load_policy(str(tiny_policy_dir), load_in_4bit=True)
+    quantized, tokenizer = load_policy(str(tiny_policy_dir), load_in_4bit=True)
     assert getattr(quantized, "is_loaded_in_4bit", False)
     assert set(ev.generate_responses(quantized, tokenizer, prompts, max_new_tokens=2, progress=False)) == set(prompts)
 

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from launching import run_launcher
 
-from trl_pro import PROTrainer
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 pytestmark = pytest.mark.multiprocess

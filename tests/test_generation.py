@@ -4,16 +4,17 @@ import socket
 import pytest
 import torch
 
-from trl_pro.generation import (
+from trl_pro.pipeline.generation import (
     CandidateSource,
     GenerationStats,
     collect_candidates,
     generate_local,
     generate_openai,
-    load_policy,
     local_source,
     openai_source,
 )
+from trl_pro.pipeline.models import load_policy
+
 
 PROMPTS = ["\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: hi\n\nAssistant:",
            [{"role": "user", "content": "Tell me a joke"}]]
@@ -103,7 +104,7 @@ def test_failing_endpoint_retries_then_names_the_prompt(monkeypatch):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sleeps = []
-    monkeypatch.setattr("trl_pro.generation.time.sleep", sleeps.append)
+    monkeypatch.setattr("trl_pro.pipeline.generation.time.sleep", sleeps.append)
     with pytest.raises(RuntimeError, match=r"prompt 1 \('Human: second question.*after 3 attempts"):
         generate_openai(["\n\nHuman: first", "\n\nHuman: second question\n\nAssistant:"], model="m",
                         base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_seconds=0.5, timeout=2,
@@ -139,7 +140,7 @@ def test_collect_candidates_logs_short_sources_and_drops_empty(caplog):
         return [["  ", "x"] for _ in prompts]
 
     stats = GenerationStats()
-    with caplog.at_level(logging.WARNING, logger="trl_pro.generation"):
+    with caplog.at_level(logging.WARNING, logger="trl_pro.pipeline.generation"):
         candidates = collect_candidates([CandidateSource("short", short), CandidateSource("empty", empties)],
                                         ["p0", "p1", "p2"], 2, stats=stats)
     assert candidates[0] == [("a", "short"), ("x", "empty")]

@@ -1,4 +1,4 @@
-"""`trl-pro judge` and `trl_pro.judges`: verdict parsing, both orders averaged, invalid kept apart, the on-disk cache,
+"""`trl-pro judge` and `trl_pro.evaluation.judges`: verdict parsing, both orders averaged, invalid kept apart, the on-disk cache,
 a real OpenAI-compatible endpoint (`transformers serve`), a failing endpoint, a local LM judge, and the human sheet."""
 
 import csv
@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from trl_pro import judges
-from trl_pro.evaluation import read_jsonl_cache
+from trl_pro.evaluation import judges
+from trl_pro.utils.io import read_jsonl_cache
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -22,10 +22,11 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from trl_pro.kernels import TileConfig, fused_pro_loss  # noqa: E402
-from trl_pro.kernels.reference import eager_pro_loss_from_hidden  # noqa: E402
-from trl_pro.layout import RankingLayout  # noqa: E402
-from trl_pro.rrhf_loss import RRHFObjective  # noqa: E402
+from trl_pro.data.layout import RankingLayout  # noqa: E402
+from trl_pro.loss_core.common import TileConfig  # noqa: E402
+from trl_pro.loss_core.fused import fused_ranking_loss  # noqa: E402
+from trl_pro.loss_core.reference import eager_ranking_loss_from_hidden  # noqa: E402
+from trl_pro.objectives.rrhf import RRHFObjective  # noqa: E402
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -44,7 +45,7 @@ def implementation(request):
     if request.param == "triton":
         pytest.importorskip("triton")
         if DEVICE == "cpu":
-            from trl_pro.kernels.fused_pro_loss import triton_kernels_interpreted
+            from trl_pro.loss_core.fused import triton_kernels_interpreted
 
             # Not a skip: with Triton installed, the kernels must be tested
             assert triton_kernels_interpreted(), "set TRITON_INTERPRET=1 before trl_pro's Triton kernels are imported"
@@ -117,9 +118,9 @@ def run(case, implementation, tiles=SMALL_TILES, **kwargs):
         p.grad = None
     args = (case["hidden"], case["weight"], case["bias"], case["targets"], case["layout"], case["rewards"])
     if implementation == "reference":
-        out = eager_pro_loss_from_hidden(*args, **kwargs)
+        out = eager_ranking_loss_from_hidden(*args, **kwargs)
     else:
-        out = fused_pro_loss(*args, implementation=implementation, tiles=tiles, **kwargs)
+        out = fused_ranking_loss(*args, implementation=implementation, tiles=tiles, **kwargs)
     out.loss.backward()
     grads = {k: (None if p.grad is None else p.grad.clone()) for k, p in params.items()}
     return out, grads
@@ -211,7 +212,7 @@ def test_ties(implementation):
 
 def test_frozen_lm_head_skips_weight_gradient(implementation, monkeypatch):
     """A frozen LM head (LoRA/QLoRA): no weight/bias gradient, and no GEMM computing one."""
-    from trl_pro.kernels import _common as module
+    from trl_pro.loss_core import common as module
 
     gemms = []
     original = module.addmm_acc_
@@ -298,7 +299,7 @@ _COMPILE_FOR_GPU = """
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from trl_pro.kernels import ranking, token_logprob
+from trl_pro.loss_core.triton import pro_ranking as ranking, token_logprob
 
 assert not token_logprob.IS_INTERPRETED
 

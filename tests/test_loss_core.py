@@ -1,4 +1,4 @@
-"""The loss core's public API (`pro_loss_from_hidden`): dispatch, errors, gradcheck, memory, import without Triton."""
+"""The loss core's public API (`ranking_loss_from_hidden`): dispatch, errors, gradcheck, memory, import without Triton."""
 
 import os
 import subprocess
@@ -14,9 +14,14 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from trl_pro.kernels import FusedPROLossFunction, TileConfig, fused_pro_loss, pro_loss_from_hidden  # noqa: E402
-from trl_pro.kernels.fused_pro_loss import resolve_implementation  # noqa: E402
-from trl_pro.kernels.reference import eager_pro_loss_from_hidden  # noqa: E402
+from trl_pro.loss_core.common import TileConfig  # noqa: E402
+from trl_pro.loss_core.dispatch import ranking_loss_from_hidden  # noqa: E402
+from trl_pro.loss_core.fused import (  # noqa: E402
+    FusedRankingLossFunction,
+    fused_ranking_loss,
+    resolve_implementation,  # noqa: E402
+)
+from trl_pro.loss_core.reference import eager_ranking_loss_from_hidden  # noqa: E402
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -41,7 +46,7 @@ def test_pro_loss_from_hidden_implementations(implementation):
         pytest.importorskip("triton")
     case = _case()
     args = (case["hidden"], case["weight"], case["bias"], case["targets"], case["layout"], case["rewards"])
-    out = pro_loss_from_hidden(*args, implementation=implementation, **_kwargs())
+    out = ranking_loss_from_hidden(*args, implementation=implementation, **_kwargs())
     out.loss.backward()
     grads = [case[k].grad.clone() for k in ("hidden", "weight", "bias")]
     ref, ref_grads = run(case, "reference", **_kwargs())
@@ -65,11 +70,11 @@ def test_argument_errors():
     case = _case()
     args = (case["hidden"], case["weight"], case["bias"], case["targets"], case["layout"])
     with pytest.raises(ValueError, match="sft_loss_reduction"):
-        pro_loss_from_hidden(*args, sft_loss_reduction="avg")
+        ranking_loss_from_hidden(*args, sft_loss_reduction="avg")
     with pytest.raises(ValueError, match="rank_loss_terms"):
-        pro_loss_from_hidden(*args, rank_loss_terms="last")
+        ranking_loss_from_hidden(*args, rank_loss_terms="last")
     with pytest.raises(ValueError, match="tokens"):
-        pro_loss_from_hidden(case["hidden"][1:], *args[1:3], case["targets"][1:], args[4])
+        ranking_loss_from_hidden(case["hidden"][1:], *args[1:3], case["targets"][1:], args[4])
 
 
 def _run_python(code: str, env_update: dict) -> subprocess.CompletedProcess:
@@ -81,8 +86,8 @@ def _run_python(code: str, env_update: dict) -> subprocess.CompletedProcess:
 _SNIPPET = textwrap.dedent(
     """
     import torch
-    from trl_pro.kernels import pro_loss_from_hidden
-    from trl_pro.layout import RankingLayout
+    from trl_pro.loss_core import ranking_loss_from_hidden
+    from trl_pro.data.layout import RankingLayout
     layout = RankingLayout(torch.tensor([0, 2, 3, 5]), torch.tensor([0, 3]), torch.tensor([0]))
     hidden = torch.randn(5, 8, requires_grad=True)
     weight = torch.randn(11, 8, requires_grad=True)
@@ -96,9 +101,9 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     pytest.importorskip("triton")
     code = _SNIPPET + textwrap.dedent(
         """
-    pro_loss_from_hidden(hidden, weight, None, targets, layout, implementation="auto").loss.backward()  # torch
+    ranking_loss_from_hidden(hidden, weight, None, targets, layout, implementation="auto").loss.backward()  # torch
     try:
-        pro_loss_from_hidden(hidden, weight, None, targets, layout, implementation="triton")
+        ranking_loss_from_hidden(hidden, weight, None, targets, layout, implementation="triton")
     except RuntimeError as error:
         assert "TRITON_INTERPRET=1" in str(error), error
         print("CLEAR ERROR")
@@ -113,7 +118,7 @@ def test_import_and_torch_path_without_triton():
     blocker = """
     import sys
     sys.modules["triton"] = None  # `import triton` fails, importlib.util.find_spec("triton") is None
-    import trl_pro, trl_pro.kernels
+    import trl_pro, trl_pro.loss_core
     """
     code = (
         textwrap.dedent(blocker)
@@ -121,9 +126,9 @@ def test_import_and_torch_path_without_triton():
         + textwrap.dedent(
             """
     for implementation in ("auto", "torch"):
-        pro_loss_from_hidden(hidden, weight, None, targets, layout, implementation=implementation).loss.backward()
+        ranking_loss_from_hidden(hidden, weight, None, targets, layout, implementation=implementation).loss.backward()
     try:
-        pro_loss_from_hidden(hidden, weight, None, targets, layout, implementation="triton")
+        ranking_loss_from_hidden(hidden, weight, None, targets, layout, implementation="triton")
     except ImportError as error:
         assert "Triton" in str(error)
         print("NO TRITON OK")
@@ -143,7 +148,7 @@ def test_gradcheck_torch_twin(rank_loss_terms):
     layout, targets, rewards = case["layout"], case["targets"], case["rewards"]
 
     def loss(hidden, weight, bias):
-        return fused_pro_loss(
+        return fused_ranking_loss(
             hidden,
             weight,
             bias,
@@ -171,7 +176,7 @@ def test_autocast_mixed_dtypes(implementation):
     assert all(g.dtype == torch.float32 for g in grads.values())
     # Reference: the same bf16-rounded operands, upcast
     rounded = {k: case[k].detach().to(torch.bfloat16).requires_grad_() for k in ("hidden", "weight")}
-    ref = eager_pro_loss_from_hidden(
+    ref = eager_ranking_loss_from_hidden(
         rounded["hidden"],
         rounded["weight"],
         case["bias"],
@@ -212,7 +217,7 @@ def test_no_tokens_by_vocab_tensor(implementation):
     tiles = TileConfig(block_t=16, block_v=32, block_h=16, token_chunk=16, vocab_chunk=128, segment_block=8)
     args = (case["hidden"], case["weight"], case["bias"], case["targets"], case["layout"], case["rewards"])
     with _LargestTensor() as mode:
-        out = fused_pro_loss(*args, sft_weight=0.1, implementation=implementation, tiles=tiles)
+        out = fused_ranking_loss(*args, sft_weight=0.1, implementation=implementation, tiles=tiles)
         saved = out.loss.grad_fn.saved_tensors
         out.loss.backward()
     # The inputs and their gradients (V x H fp32) are the largest tensors; a chunk is 16 x 128; T x V would be 72000
@@ -220,7 +225,7 @@ def test_no_tokens_by_vocab_tensor(implementation):
     inputs = {id(case[k]) for k in ("hidden", "weight", "bias")} | {id(case["targets"])}
     others = [t for t in saved if t is not None and id(t) not in inputs]
     assert others and all(t.numel() <= num_tokens for t in others)
-    assert type(out.loss.grad_fn).__name__ == FusedPROLossFunction.__name__ + "Backward"
+    assert type(out.loss.grad_fn).__name__ == FusedRankingLossFunction.__name__ + "Backward"
 
 
 def test_trl_baseline_and_fused_agree_on_frozen_head():
@@ -232,7 +237,7 @@ def test_trl_baseline_and_fused_agree_on_frozen_head():
     grads = []
     for implementation in ("trl", "torch"):
         case["hidden"].grad = None
-        out = pro_loss_from_hidden(*args, implementation=implementation, **_kwargs())
+        out = ranking_loss_from_hidden(*args, implementation=implementation, **_kwargs())
         out.loss.backward()
         grads.append((out.loss.detach(), case["hidden"].grad.clone()))
     # TRL rounds its logits tiles to bf16 in the forward; the fused core keeps them in fp32

@@ -69,8 +69,8 @@ def test_self_bootstrapping_on_two_processes(tmp_path, tiny_reward_model_dir):
     """Algorithm 1 with two processes: each samples and scores its own contiguous shard of a part, the re-ranked rows
     are gathered back in the part's order, and both train on the whole part."""
     from trl_pro.assets import load_hh_rlhf_slice
-    from trl_pro.bootstrap import ROUND_COMPLETE, round_dir
-    from trl_pro.ranking import dataset_rankings
+    from trl_pro.pipeline.rankings import dataset_rankings
+    from trl_pro.trainers.bootstrapping import ROUND_COMPLETE, round_dir
 
     rows = load_hh_rlhf_slice("train").select(range(16))
     rows.to_json(tmp_path / "train.jsonl")

@@ -7,7 +7,7 @@ so its cases stay small) and "trl" (TRL's chunked LM head + the torch cascade, t
 - a ranking of 16 candidates;
 - reward gaps of 1e-6 and 1e3, and every candidate tied (dynamic temperature).
 
-The reference is `eager_pro_loss_from_hidden` in float64 on the *same* (already rounded) inputs: the error measured
+The reference is `eager_ranking_loss_from_hidden` in float64 on the *same* (already rounded) inputs: the error measured
 is the implementation's, not the input dtype's. Loss and gradients must be finite and within:
 - loss: |loss - ref| <= LOSS_RTOL * |ref| + LOSS_ATOL (fp32 accumulation of up to 2 x 4,096 log-probs of magnitude
   up to ~1e4: relative error ~1e-6); for the "trl" baseline in bf16/fp16, TRL_HALF_LOSS_RTOL (it rounds the logits to
@@ -27,9 +27,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from trl_pro.kernels import pro_loss_from_hidden  # noqa: E402
-from trl_pro.kernels.reference import eager_pro_loss_from_hidden  # noqa: E402
-from trl_pro.layout import RankingLayout  # noqa: E402
+from trl_pro.data.layout import RankingLayout  # noqa: E402
+from trl_pro.loss_core.dispatch import ranking_loss_from_hidden  # noqa: E402
+from trl_pro.loss_core.reference import eager_ranking_loss_from_hidden  # noqa: E402
 
 
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-5
@@ -47,7 +47,7 @@ HIDDEN, VOCAB = 16, 64
 def _implementation(name: str) -> str:
     if name == "triton":
         pytest.importorskip("triton")
-        from trl_pro.kernels.fused_pro_loss import triton_kernels_interpreted
+        from trl_pro.loss_core.fused import triton_kernels_interpreted
 
         if not torch.cuda.is_available():
             assert triton_kernels_interpreted(), "TRITON_INTERPRET=1 must be set before trl_pro's kernels are imported"
@@ -83,9 +83,9 @@ def run(case, implementation: str, sft_weight: float = 0.1):
         leaves = {name: leaf.detach().double().requires_grad_() for name, leaf in leaves.items()}
         args = (leaves["hidden"], leaves["weight"], leaves["bias"], *args[3:5],
                 None if case["rewards"] is None else case["rewards"].double())
-        out = eager_pro_loss_from_hidden(*args, sft_weight=sft_weight)
+        out = eager_ranking_loss_from_hidden(*args, sft_weight=sft_weight)
     else:
-        out = pro_loss_from_hidden(*args, sft_weight=sft_weight, implementation=implementation)
+        out = ranking_loss_from_hidden(*args, sft_weight=sft_weight, implementation=implementation)
     out.loss.backward()
     return out.loss.detach(), {name: leaf.grad for name, leaf in leaves.items()}
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from baseline_data import write_ranked_file
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trl_pro import pro_loss
-from trl_pro.pro_loss import pro_loss_terms
+from trl_pro.objectives.pro import pro_loss_terms
 
 
 def reference_pro_loss(scores, rewards=None, lengths=None):

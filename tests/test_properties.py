@@ -188,7 +188,8 @@ def datasets(draw, max_rows: int = 4):
 
 def prepare_row(row: dict, index: int, data_format: str, expect_scores: bool, tokenizer, max_prompt_length):
     """What `PROTrainer._prepare_dataset` does to each row (validate, rank, tokenize)."""
-    from trl_pro.data import rank, to_ranking, tokenize_ranking
+    from trl_pro.data.formats import rank, to_ranking
+    from trl_pro.data.tokenization import tokenize_ranking
 
     ranking = rank(to_ranking(row, index, data_format, expect_scores), index, None)
     tokens = tokenize_ranking(ranking, index, tokenizer, MAX_LENGTH, max_prompt_length)
@@ -202,7 +203,7 @@ def expect_scores_of(rows: list[dict]) -> bool:
 
 def outcomes(rows, tokenizer, max_prompt_length) -> list[dict | ValueError]:
     """Each row's prepared ranking, or the ValueError it raises (any other exception fails the test)."""
-    from trl_pro.data import detect_format
+    from trl_pro.data.formats import detect_format
 
     data_format = detect_format(list(rows[0]))
     expect_scores = expect_scores_of(rows)
@@ -223,7 +224,7 @@ def outcomes(rows, tokenizer, max_prompt_length) -> list[dict | ValueError]:
 
 
 def check_prepared(prepared: dict, vocab_size: int, max_prompt_length) -> None:
-    from trl_pro.pro_config import resolve_max_prompt_length
+    from trl_pro.data.tokenization import resolve_max_prompt_length
 
     max_prompt_length = resolve_max_prompt_length(MAX_LENGTH, max_prompt_length)
     prompt, completions = prepared["prompt_ids"], prepared["completion_ids"]
@@ -241,8 +242,9 @@ def check_prepared(prepared: dict, vocab_size: int, max_prompt_length) -> None:
 @pytest.fixture(scope="module")
 def step_model(tokenizer):
     """The tiny Llama with the PRO loss head, and a function running one forward/backward of the trainer's loss."""
-    from trl_pro import PROConfig, PROTrainer
     from trl_pro.assets import build_tiny_llama
+    from trl_pro.trainers.pro_config import PROConfig
+    from trl_pro.trainers.pro_trainer import PROTrainer
 
     model = build_tiny_llama(seed=0)
     args = PROConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to=[], max_length=MAX_LENGTH,
@@ -267,7 +269,7 @@ def step_model(tokenizer):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=datasets(), max_prompt_length=st.sampled_from([-1, 16, None]))  # -1: no prompt truncation
 def test_every_row_trains_or_names_its_row_and_field(data, max_prompt_length, tokenizer, step_model):
-    from trl_pro.data import DataCollatorForRanking
+    from trl_pro.data.collator import DataCollatorForRanking
 
     fmt, rows, corruptions = data
     trainer, step = step_model
@@ -299,8 +301,9 @@ def test_every_row_trains_or_names_its_row_and_field(data, max_prompt_length, to
 def test_trainer_drops_and_counts_exactly_the_rows_that_raise(data, tokenizer, tmp_path, caplog):
     from datasets import Dataset
 
-    from trl_pro import PROConfig, PROTrainer
     from trl_pro.assets import build_tiny_llama
+    from trl_pro.trainers.pro_config import PROConfig
+    from trl_pro.trainers.pro_trainer import PROTrainer
 
     fmt, rows, corruptions = data
     try:
@@ -327,7 +330,7 @@ def test_trainer_drops_and_counts_exactly_the_rows_that_raise(data, tokenizer, t
             PROTrainer(build_tiny_llama(seed=0), args=config(), processing_class=tokenizer, train_dataset=dataset)
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="trl_pro.pro_trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_pro.trainers"):
         trainer = PROTrainer(build_tiny_llama(seed=0), args=config(drop_invalid_rows=True), processing_class=tokenizer,
                              train_dataset=dataset)
     counts = [int(m.group(1)) for m in (re.search(r"Dropped (\d+) of (\d+) rows", r.getMessage())

@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from trl_pro.cli import training
+from trl_pro.pipeline.models import TINY_LLAMA, resolve_model
+from trl_pro.utils.errors import SetupError
+
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -18,7 +22,6 @@ from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 
 from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer  # noqa: E402
-from trl_pro.scripts import pro  # noqa: E402
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +90,7 @@ def test_qlora_trainer_setup(tiny_dir, ranked_dir, tmp_path):
     checkpointing with input gradients, and 4-bit layers that stay trainable after an evaluation."""
     argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), *QLORA_FLAGS, *TRAIN_FLAGS,
             "--max_steps", "2", "--output_dir", str(tmp_path / "out")]
-    trainer, eval_dataset = pro.build_trainer(*pro.parse_args(pro.make_parser(), argv))
+    trainer, eval_dataset = training.build_trainer(*training.parse_args(training.make_method_parser(training.PRO), argv))
     assert eval_dataset is not None
     model = trainer.model
     base = model.get_base_model()
@@ -120,14 +123,14 @@ def test_lora_on_lm_head_is_rejected(tiny_dir, ranked_dir, tmp_path):
     argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), *QLORA_FLAGS[:-1],
             "q_proj", "lm_head", *TRAIN_FLAGS, "--max_steps", "1", "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match="lm_head"):
-        pro.build_trainer(*pro.parse_args(pro.make_parser(), argv))
+        training.build_trainer(*training.parse_args(training.make_method_parser(training.PRO), argv))
 
 
 def test_4bit_needs_peft(tiny_dir, ranked_dir, tmp_path):
     argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), "--load_in_4bit",
             *TRAIN_FLAGS, "--output_dir", str(tmp_path / "out")]
-    with pytest.raises(pro.SetupError, match="use_peft"):
-        pro.build_trainer(*pro.parse_args(pro.make_parser(), argv))
+    with pytest.raises(SetupError, match="use_peft"):
+        training.build_trainer(*training.parse_args(training.make_method_parser(training.PRO), argv))
 
 
 def test_qlora_cli_end_to_end_and_adapter_reloads(tiny_dir, ranked_dir, tmp_path):
@@ -161,10 +164,10 @@ def test_qlora_cli_end_to_end_and_adapter_reloads(tiny_dir, ranked_dir, tmp_path
 
 def test_builtin_tiny_llama_in_4bit(ranked_dir, tmp_path):
     """`trl-pro/tiny-llama` with --load_in_4bit: saved to a temporary folder, then loaded quantized."""
-    argv = ["--model_name_or_path", pro.TINY_LLAMA, "--dataset_name", str(ranked_dir), *QLORA_FLAGS, *TRAIN_FLAGS,
+    argv = ["--model_name_or_path", TINY_LLAMA, "--dataset_name", str(ranked_dir), *QLORA_FLAGS, *TRAIN_FLAGS,
             "--output_dir", str(tmp_path / "out")]
-    script_args, training_args, model_args, dataset_args = pro.parse_args(pro.make_parser(), argv)
-    model, tokenizer, quantization, peft = pro.resolve_model(model_args, training_args)
+    script_args, training_args, model_args, dataset_args = training.parse_args(training.make_method_parser(training.PRO), argv)
+    model, tokenizer, quantization, peft = resolve_model(model_args, training_args)
     assert isinstance(model, str) and Path(model, "config.json").is_file() and len(tokenizer) == 2048
     assert quantization.load_in_4bit and peft is not None
     assert training_args.model_init_kwargs["device_map"] is None or torch.cuda.is_available()

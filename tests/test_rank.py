@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from trl_pro.assets import HH_RLHF_DIR
-from trl_pro.ranking import build_rankings, dataset_rankings, order_candidates
-from trl_pro.reward_models import load_reward_model, score_completions
+from trl_pro.cli import training
+from trl_pro.pipeline.rankings import build_rankings, dataset_rankings, order_candidates
+from trl_pro.pipeline.reward_models import load_reward_model, score_completions
 from trl_pro.scripts import generate as generate_script
 from trl_pro.scripts import rank as rank_script
 
@@ -106,7 +107,7 @@ def test_interrupted_rank_resumes_without_duplicates(tiny_reward_model_dir, tmp_
 
     output = tmp_path / "resumed.parquet"
     calls = []
-    import trl_pro.ranking as ranking_module
+    import trl_pro.pipeline.rankings as ranking_module
 
     original = ranking_module.build_rankings
 
@@ -197,9 +198,8 @@ def test_rankings_recipe_end_to_end_on_cpu(tiny_policy_dir, tiny_reward_model_di
     assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in ranked_rows)
     assert any(source == "tiny" for r in ranked_rows for source in r["sources"])
 
-    from trl_pro.scripts import pro
 
-    trainer = pro.main(*pro.parse_args(pro.make_parser(), [
+    trainer = training.train(*training.parse_args(training.make_method_parser(training.PRO), [
         "--config", str(RECIPES / "pro_hh_rlhf_rescored_llama7b_qlora.yaml"), "--dataset_name", str(ranked),
         "--model_name_or_path", "trl-pro/tiny-llama", "--dtype", "float32", "--load_in_4bit", "false",
         "--use_peft", "false", "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_pro.scripts._common import check_launch_args, normalize_config_flags, resolve_launch_args
-from trl_pro.scripts.pro import TINY_LLAMA, make_parser
+from trl_pro.cli.launch import check_launch_args, normalize_config_flags, resolve_launch_args
+from trl_pro.pipeline.models import TINY_LLAMA
+from trl_pro.scripts.pro import make_parser
 
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

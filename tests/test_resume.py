@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS, SAVE_STEPS = 8, 2
-COMPLETE = "checkpoint_complete.json"  # trl_pro.pro_trainer.CHECKPOINT_COMPLETE
+COMPLETE = "checkpoint_complete.json"  # trl_pro.trainers.checkpointing.CHECKPOINT_COMPLETE
 COMMON = [
     "--model_name_or_path", "trl-pro/tiny-llama", "--dataset_test_split", "absent", "--drop_invalid_rows",
     "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--max_length", "64",
@@ -143,8 +143,8 @@ def assert_bit_identical(resumed: Path, reference: Path, rng_files: list[str], c
     assert history == _log_history(reference / final)
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert len(losses) == MAX_STEPS and len(set(losses)) == MAX_STEPS  # one log per step, the model trains
-    assert (json.loads((resumed / final / "pro_trainer_state.json").read_text())
-            == json.loads((reference / final / "pro_trainer_state.json").read_text()))
+    assert (json.loads((resumed / final / "ranking_trainer_state.json").read_text())
+            == json.loads((reference / final / "ranking_trainer_state.json").read_text()))
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def test_one_process_killed_after_a_checkpoint_resumes_bit_identically(tmp_path,
 def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_path, data_file, uninterrupted):
     from transformers.trainer_utils import get_last_checkpoint
 
-    from trl_pro.pro_trainer import last_complete_checkpoint
+    from trl_pro.trainers.checkpointing import last_complete_checkpoint
 
     out = tmp_path / "out"
     env = {**os.environ, "KILL_STEP": "6"}

@@ -210,7 +210,7 @@ def test_generate_killed_midway_resumes_to_the_uninterrupted_output(tiny_policy_
         "--dtype", "float32", "--source_name", "tiny", "--num_generations", "2", "--do_sample", "true",
         "--seed", "3", "--max_completion_length", "64", "--generation_batch_size", "1",
     ], ".jsonl", num_rows, shard_size, tmp_path)
-    from trl_pro.ranking import dataset_rankings
+    from trl_pro.pipeline.rankings import dataset_rankings
 
     with gzip.open(HH_TRAIN, "rt") as handle:
         inputs = dataset_rankings([json.loads(next(handle)) for _ in range(num_rows)])

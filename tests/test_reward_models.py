@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaForSequenceClassification
 
 from trl_pro.assets import load_hh_rlhf_slice, load_tiny_tokenizer, tiny_llama_config
-from trl_pro.reward_models import (
+from trl_pro.pipeline.reward_models import (
     REWARD_PROMPT_FORMATS,
     GPTNeoXRewardModel,
     GPTNeoXRewardModelConfig,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from trl_pro import rrhf_loss
-from trl_pro.layout import RankingLayout
-from trl_pro.objective import RankingObjective
-from trl_pro.rrhf_loss import RRHFObjective, rrhf_loss_terms
+from trl_pro.data.layout import RankingLayout
+from trl_pro.objectives.base import RankingObjective
+from trl_pro.objectives.rrhf import RRHFObjective, rrhf_loss_terms
 
 
 def loop_rrhf_loss(scores, rewards=None, lengths=None):

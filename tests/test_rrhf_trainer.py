@@ -2,15 +2,16 @@
 
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 
-from trl_pro import RRHFConfig, RRHFTrainer, rrhf_loss
+from trl_pro import rrhf_loss
+from trl_pro.cli import main as cli
+from trl_pro.trainers.rrhf_config import RRHFConfig
+from trl_pro.trainers.rrhf_trainer import RRHFTrainer
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +81,6 @@ def test_loss_is_rrhf_from_plain_logits(tokenizer, tiny_model, make_config):
 def test_cli_rrhf_quick_run(tmp_path, capsys):
     """`trl-pro rrhf` is registered and its script trains with the RRHF quickstart recipe's settings (plain-script
     form, on a small local dataset folder with train and test splits)."""
-    from trl_pro import cli
     from trl_pro.scripts import rrhf
 
     assert "rrhf" in {command.name for command in cli.get_commands()}

@@ -6,12 +6,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_pro import PROConfig, PROTrainer
 from trl_pro.assets import build_tiny_llama, load_hh_rlhf_slice
-from trl_pro.data import DataCollatorForRanking, rank, to_ranking, tokenize_ranking
-from trl_pro.layout import RankingLayout
-from trl_pro.modeling import add_pro_loss_head
-from trl_pro.shared_prompt import allowed, block_mask, position_ids, score_indices, shared_prompt_mask_mod
+from trl_pro.data.collator import DataCollatorForRanking
+from trl_pro.data.formats import rank, to_ranking
+from trl_pro.data.layout import RankingLayout
+from trl_pro.data.tokenization import tokenize_ranking
+from trl_pro.loss_core.head import add_ranking_loss_head
+from trl_pro.loss_core.shared_prompt import allowed, block_mask, position_ids, score_indices, shared_prompt_mask_mod
+from trl_pro.trainers.pro_config import PROConfig
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 def _hh_examples(tokenizer, max_length, max_prompt_length, lengths=(2, 4, 3)):
@@ -44,7 +47,7 @@ def _forward(model, batch, sft_weight=0.1):
     return model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        pro_inputs={"completion_mask": batch["completion_mask"], "segment_ids": batch.get("segment_ids"),
+        ranking_inputs={"completion_mask": batch["completion_mask"], "segment_ids": batch.get("segment_ids"),
                     "layout": layout, "rewards": batch["rewards"], "sft_weight": sft_weight,
                     "implementation": "torch"},
     )
@@ -135,9 +138,9 @@ def test_shared_layout_equals_plain_layout(examples, attention, lora, checkpoint
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
-        add_pro_loss_head(model.get_base_model())
+        add_ranking_loss_head(model.get_base_model())
     else:
-        add_pro_loss_head(model)
+        add_ranking_loss_head(model)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -220,7 +223,8 @@ def _scored_hh_rows(lengths=(2, 4, 3, 3)):
 
 def test_rrhf_trainer_step_with_shared_prompt_equals_plain(tokenizer, make_config, tmp_path):
     """RRHF (issue 12): the shared-prompt layout gives the plain layout's loss, gradients and updated weights."""
-    from trl_pro import RRHFConfig, RRHFTrainer
+    from trl_pro.trainers.rrhf_config import RRHFConfig
+    from trl_pro.trainers.rrhf_trainer import RRHFTrainer
 
     dataset = Dataset.from_list(_scored_hh_rows())
     results = {}

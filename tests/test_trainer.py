@@ -8,8 +8,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from trl_pro import PROConfig, PROTrainer
+from trl_pro import pro_loss
 from trl_pro.assets import load_hh_rlhf_slice
+from trl_pro.trainers.pro_config import PROConfig
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 def ranked_rows(n=8):
@@ -81,7 +83,6 @@ def test_authors_format_keeps_prompt_and_sft_index(tokenizer, tiny_model, make_c
 
 def test_loss_is_pro_objective_with_paper_sft_weight(tokenizer, tiny_model, make_config):
     """The trainer's loss equals pro_loss + 0.05 (n-1)^2 * summed NLL of the best candidate, from plain logits."""
-    from trl_pro import pro_loss
 
     rows = ranked_rows(3)
     trainer = PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(rows),

@@ -8,7 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_pro import PROConfig, PROTrainer
+from trl_pro.trainers.pro_config import PROConfig
+from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 def scored_rows(n=6):
@@ -210,7 +211,7 @@ def test_zero3_peft_adapter_dtype_and_reentrant_checkpointing_as_dpo(tokenizer, 
     from peft import LoraConfig, get_peft_model
 
     from trl_pro.assets import build_tiny_llama
-    from trl_pro.pro_trainer import _get_peft_model_kwargs, _use_reentrant_checkpointing_for_zero3_peft
+    from trl_pro.trainers.ranking_trainer import _get_peft_model_kwargs, _use_reentrant_checkpointing_for_zero3_peft
 
     config = make_config(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     assert _get_peft_model_kwargs(config, is_quantized=False) == {}

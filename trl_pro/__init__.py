@@ -1,19 +1,17 @@
-"""trl-pro: Preference Ranking Optimization (PRO) for Hugging Face TRL."""
+"""trl-pro: Preference Ranking Optimization (PRO) and the listwise preference family for Hugging Face TRL."""
 
-import logging
+from trl_pro.utils.quiet import quiet_bitsandbytes
 
 
-# bitsandbytes warns on import, on CPUs with AVX512-BF16, that it cannot fetch an optional kernel from the hub; its
-# own fallback is used and nothing is wrong
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+quiet_bitsandbytes()
 
-from .pro_config import PROConfig  # noqa: E402
-from .pro_loss import pro_loss  # noqa: E402
-from .pro_trainer import PROTrainer  # noqa: E402
-from .ranking_config import RankingConfig  # noqa: E402
-from .rrhf_config import RRHFConfig  # noqa: E402
-from .rrhf_loss import rrhf_loss  # noqa: E402
-from .rrhf_trainer import RRHFTrainer  # noqa: E402
+from trl_pro.objectives.pro import pro_loss  # noqa: E402
+from trl_pro.objectives.rrhf import rrhf_loss  # noqa: E402
+from trl_pro.trainers.pro_config import PROConfig  # noqa: E402
+from trl_pro.trainers.pro_trainer import PROTrainer  # noqa: E402
+from trl_pro.trainers.ranking_config import RankingConfig  # noqa: E402
+from trl_pro.trainers.rrhf_config import RRHFConfig  # noqa: E402
+from trl_pro.trainers.rrhf_trainer import RRHFTrainer  # noqa: E402
 
 
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+
 # Heavy libraries are imported inside the functions so that `import trl_pro.assets` (and the generator script,
 # which lives in this package) stays cheap.
 if TYPE_CHECKING:

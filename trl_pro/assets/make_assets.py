@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+
 ASSETS_DIR = Path(__file__).resolve().parent
 
 N_TRAIN = 1200  # first rows of the source -> train.jsonl.gz

@@ -9,9 +9,9 @@ python -m trl_pro.scripts.coh --model_name_or_path trl-pro/tiny-llama --dataset_
 `--dataset_name` is the `coh` view written by `python -m trl_pro.scripts.prepare_data` (or `trl-pro compare`), or any
 dataset PRO reads (ranked rows, TRL pairs, the PRO authors' format), turned into CoH rows on the fly: the best
 candidate against the worst, in both orders, "{prompt} A helpful answer: {better} An unhelpful answer: {worse}" and
-the reverse (`trl_pro.coh`). The flags are TRL's SFT flags (`SFTConfig`, `ModelConfig`) plus `--max_prompt_length`;
+the reverse (`trl_pro.data.coh`). The flags are TRL's SFT flags (`SFTConfig`, `ModelConfig`) plus `--max_prompt_length`;
 `completion_only_loss` is always on, so that the prompt and the feedback phrases carry no loss. At inference, end the
-prompt with `trl_pro.coh.POSITIVE_PHRASE` (" A helpful answer:").
+prompt with `trl_pro.data.coh.POSITIVE_PHRASE` (" A helpful answer:").
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments, TrlParser
 
-from trl_pro.scripts._common import OneLineErrors, one_line_errors, quiet_known_noise
+from trl_pro.cli.errors import OneLineErrors, one_line_errors
+from trl_pro.utils.quiet import quiet_known_noise
 
 
 PROG = "trl-pro coh"
@@ -65,8 +66,9 @@ def build_trainer(script_args, training_args, model_args, dataset_args):
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from trl_pro.coh import tokenize_coh_dataset
-    from trl_pro.scripts.pro import _split, load_dataset_splits, resolve_model
+    from trl_pro.data.coh import tokenize_coh_dataset
+    from trl_pro.data.loading import _split, load_dataset_splits
+    from trl_pro.pipeline.models import resolve_model
 
     if script_args.dataset_streaming:
         raise ValueError("Chain of Hindsight rows are built with `datasets.map`: a streaming dataset is not supported")
@@ -113,7 +115,7 @@ def main(script_args, training_args, model_args, dataset_args):
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(training_args.output_dir)
     trainer.accelerator.print(f"💾 Model saved to {training_args.output_dir}. At inference, end the prompt with the "
-                              "positive phrase ' A helpful answer:' (trl_pro.coh.coh_prompt).")
+                              "positive phrase ' A helpful answer:' (trl_pro.data.coh.coh_prompt).")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     trainer.accelerator.wait_for_everyone()
@@ -123,7 +125,7 @@ def main(script_args, training_args, model_args, dataset_args):
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    from trl_pro.scripts.pro import parse_args
+    from trl_pro.cli.training import parse_args
 
     quiet_known_noise()
     script_args, training_args, model_args, dataset_args = parse_args(make_parser(), argv)

@@ -45,14 +45,9 @@ from typing import Any
 
 from trl import TrlParser
 
-from trl_pro.scripts._common import (
-    OneLineErrors,
-    debug_enabled,
-    fail,
-    one_line,
-    one_line_errors,
-    quiet_known_noise,
-)
+from trl_pro.cli.errors import OneLineErrors, debug_enabled, fail, one_line, one_line_errors
+from trl_pro.utils.io import atomic_write_json
+from trl_pro.utils.quiet import quiet_known_noise
 
 
 PROG = "trl-pro compare"
@@ -80,7 +75,7 @@ class Method:
 
 
 def _coh_phrase() -> str:
-    from trl_pro.coh import POSITIVE_PHRASE
+    from trl_pro.data.coh import POSITIVE_PHRASE
 
     return POSITIVE_PHRASE
 
@@ -180,16 +175,10 @@ def _check(args: CompareArguments) -> dict[str, dict]:
     return overrides
 
 
-def _atomic_json(path: Path, data) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
-
-
 def prepare_views(args: CompareArguments, data_dir: Path) -> dict[str, int]:
     """The views of the ranked dataset under `data_dir` (once: kept when already there); returns the row counts."""
+    from trl_pro.data.loading import load_named_dataset
     from trl_pro.scripts import prepare_data
-    from trl_pro.scripts.pro import load_named_dataset
 
     done = data_dir / "views.json"
     settings = {"dataset_name": args.dataset_name, "pairs": args.pairs, "test_size": args.test_size, "seed": args.seed}
@@ -202,14 +191,14 @@ def prepare_views(args: CompareArguments, data_dir: Path) -> dict[str, int]:
     data_dir.mkdir(parents=True, exist_ok=True)
     prepare_data.write_views(prepare_data.views(ranked, args.pairs), data_dir)
     rows = {split: len(data) for split, data in ranked.items()} | {f"dropped_{s}": n for s, n in dropped.items()}
-    _atomic_json(done, {"settings": settings, "rows": rows})
+    atomic_write_json(done, {"settings": settings, "rows": rows})
     return rows
 
 
 def materialize_base_model(args: CompareArguments, output_dir: Path) -> str:
     """A path every method (and the PPO environment) can load: the built-in tiny Llama is saved once to
     `<output_dir>/base_model`; any other name is used as is."""
-    from trl_pro.scripts.pro import TINY_LLAMA
+    from trl_pro.pipeline.models import TINY_LLAMA
 
     if args.model_name_or_path != TINY_LLAMA:
         return args.model_name_or_path
@@ -416,7 +405,7 @@ def main(args: CompareArguments) -> int:
              "method": run["method"], "steps": run["steps"], "train_seconds": run["train_seconds"]}
             for run in runs if run["status"] in ("trained", "kept") and manifest_path_of(run) is not None
         ]
-        _atomic_json(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)
 
     failed = False
     for name in args.methods:

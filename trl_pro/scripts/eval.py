@@ -22,16 +22,13 @@ trl-pro eval --comparison_dir outputs/comparison --output_dir outputs/eval
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import dataclass, field
 
-
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
 from trl import TrlParser  # noqa: E402
 
-from trl_pro.scripts._common import OneLineErrors, quiet_known_noise, run_main  # noqa: E402
+from trl_pro.cli.errors import OneLineErrors, run_main  # noqa: E402
+from trl_pro.utils.quiet import quiet_known_noise  # noqa: E402
 
 
 PROG = "trl-pro eval"
@@ -156,7 +153,8 @@ def _test_files(items: list[str]):
 
 
 def main(args: EvalScriptArguments) -> dict:
-    from trl_pro.evaluation import evaluate_systems, load_test_data, parse_system_specs, read_comparison_folder
+    from trl_pro.evaluation.systems import evaluate_systems, parse_system_specs, read_comparison_folder
+    from trl_pro.evaluation.test_data import load_test_data
 
     if not args.output_dir:
         raise ValueError("--output_dir is required")
@@ -181,7 +179,7 @@ def main(args: EvalScriptArguments) -> dict:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    from trl_pro.scripts.pro import parse_args
+    from trl_pro.cli.training import parse_args
 
     quiet_known_noise()
     (args,) = parse_args(make_parser(), argv)

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field
 
 from trl import ScriptArguments, TrlParser
 
-from trl_pro.scripts._common import OneLineErrors, quiet_known_noise, run_main
+from trl_pro.cli.errors import OneLineErrors, run_main
+from trl_pro.utils.quiet import quiet_known_noise
 
 
 PROG = "trl-pro generate"
@@ -119,14 +120,14 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
 
 def parse(parser, argv: list[str] | None):
-    from trl_pro.scripts.pro import parse_args
+    from trl_pro.cli.training import parse_args
 
     return parse_args(parser, argv)
 
 
 def load_rows(data_args: DataArguments) -> list[dict]:
     """The rows of the chosen split, as plain dicts."""
-    from trl_pro.scripts.pro import load_named_dataset
+    from trl_pro.data.loading import load_named_dataset
 
     if not data_args.dataset_name:
         raise ValueError("give --dataset_name (a hub id, a local folder or file)")
@@ -150,14 +151,14 @@ def fingerprint(rows: list[dict]) -> str:
 
 
 def input_rankings(rows: list[dict], drop_invalid_rows: bool = False) -> list[dict]:
-    """Rows of any accepted format as rankings with `sources` (see `trl_pro.ranking.dataset_rankings`)."""
-    from trl_pro.ranking import dataset_rankings
+    """Rows of any accepted format as rankings with `sources` (see `trl_pro.pipeline.rankings.dataset_rankings`)."""
+    from trl_pro.pipeline.rankings import dataset_rankings
 
     return dataset_rankings(rows, drop_invalid_rows=drop_invalid_rows)
 
 
 def build_source(args: GenerateArguments, progress: bool):
-    from trl_pro import generation
+    from trl_pro.pipeline import generation
 
     chosen = [name for name, on in (("--model_name_or_path", args.model_name_or_path and not args.base_url
                                      and not args.use_vllm), ("--base_url", args.base_url),
@@ -181,7 +182,9 @@ def build_source(args: GenerateArguments, progress: bool):
             raise ValueError("--use_vllm needs --model_name_or_path")
         return generation.vllm_source(args.model_name_or_path, name=args.source_name, top_k=args.top_k,
                                       seed=args.seed, **sampling), None
-    model, tokenizer = generation.load_policy(
+    from trl_pro.pipeline.models import load_policy
+
+    model, tokenizer = load_policy(
         args.model_name_or_path, adapter_path=args.adapter_path, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
         device="cuda" if _cuda() else None, trust_remote_code=args.trust_remote_code,
     )
@@ -206,7 +209,7 @@ def _cuda() -> bool:
 
 def check_data_command(data_args: DataArguments) -> None:
     """What `generate` and `rank` need before any work: one process, and an output path of a known format."""
-    from trl_pro.scripts._shards import check_output_path
+    from trl_pro.utils.shards import check_output_path
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # every process would write the same shards; one process batches the work instead
@@ -217,8 +220,8 @@ def check_data_command(data_args: DataArguments) -> None:
 
 
 def main(data_args: DataArguments, args: GenerateArguments) -> int:
-    from trl_pro.generation import GenerationStats, collect_candidates
-    from trl_pro.scripts._shards import ShardedOutput
+    from trl_pro.pipeline.generation import GenerationStats, collect_candidates
+    from trl_pro.utils.shards import ShardedOutput
 
     check_data_command(data_args)
     if args.num_generations < 1:

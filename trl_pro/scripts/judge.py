@@ -1,6 +1,6 @@
 """
 The `trl-pro judge` command: pairwise comparison of two systems' responses, as the PRO paper's Tables 3 (GPT-4) and
-4 (human evaluation). See `trl_pro.judges`.
+4 (human evaluation). See `trl_pro.evaluation.judges`.
 
 # GPT-4-class judge (key from OPENAI_API_KEY), both orders of every pair, win/tie/lose of the first system
 ```bash
@@ -24,17 +24,14 @@ trl-pro judge --responses a.jsonl b.jsonl --import_human out/human_sheet.csv --o
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
 from trl import TrlParser  # noqa: E402
 
-from trl_pro.scripts._common import OneLineErrors, quiet_known_noise, run_main  # noqa: E402
+from trl_pro.cli.errors import OneLineErrors, run_main  # noqa: E402
+from trl_pro.utils.quiet import quiet_known_noise  # noqa: E402
 
 
 PROG = "trl-pro judge"
@@ -128,8 +125,8 @@ def _named(spec: str) -> tuple[str, str]:
 
 
 def main(args: JudgeScriptArguments) -> dict | None:
-    from trl_pro import judges
-    from trl_pro.evaluation import load_test_data
+    from trl_pro.evaluation import judges
+    from trl_pro.evaluation.test_data import load_test_data
     from trl_pro.scripts.eval import _test_files
 
     if not args.output_dir:
@@ -188,7 +185,7 @@ def main(args: JudgeScriptArguments) -> dict | None:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    from trl_pro.scripts.pro import parse_args
+    from trl_pro.cli.training import parse_args
 
     quiet_known_noise()
     (args,) = parse_args(make_parser(), argv)

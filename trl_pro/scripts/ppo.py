@@ -121,8 +121,8 @@ MAX_PROMPT_LENGTH = 384
 def main(argv: list[str] | None = None) -> None:
     _check_versions()
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from accelerate import PartialState
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import get_peft_config, get_quantization_config
     from trl.experimental.ppo import PPOTrainer
 

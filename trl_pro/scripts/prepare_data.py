@@ -16,7 +16,7 @@ writes, under `output_dir`, one folder per view with `train.parquet` and `test.p
 | `ranked`    | prompt, completions, scores | `trl-pro pro` | all candidates, best first, with their scores |
 | `pairs`     | prompt, chosen, rejected    | `trl dpo`     | best candidate against the worst (`--pairs`)  |
 | `best_of_n` | prompt, completion          | `trl sft`     | the best candidate (best-of-n SFT)            |
-| `coh`       | prompt, segments, segment_is_answer | `trl-pro coh` | Chain of Hindsight rows (`trl_pro.coh`) |
+| `coh`       | prompt, segments, segment_is_answer | `trl-pro coh` | Chain of Hindsight rows (`trl_pro.data.coh`) |
 | `prompts`   | prompt                      | `trl rloo`, PPO | prompts only, for on-policy generation      |
 
 `--pairs best_vs_worst` (default) gives DPO one pair per prompt, the best candidate against the worst (the pair CoH
@@ -33,7 +33,7 @@ Sources:
   of HH-RLHF that a base model like LLaMA-7B is trained on in the PRO paper), or left as they are (`none`).
   UltraFeedback has no test split: `--test_size` of the rows (default 2%) is held out, with `--seed`.
 - `hh-rlhf` (default `--dataset_name Anthropic/hh-rlhf`): raw `chosen`/`rejected` dialogues; the prompt is their
-  shared prefix up to its last "\n\nAssistant:" marker (`trl_pro.data.extract_implicit_prompt`, as `trl-pro pro`
+  shared prefix up to its last "\n\nAssistant:" marker (`trl_pro.data.formats.extract_implicit_prompt`, as `trl-pro pro`
   reads the raw rows), a ranking of 2 without scores. Rows PRO rejects (an empty response after the
   prompt) are dropped from every view.
 
@@ -53,7 +53,8 @@ import math
 import sys
 from pathlib import Path
 
-from trl_pro.scripts._common import OneLineErrors, fail, one_line_errors, quiet_known_noise
+from trl_pro.cli.errors import OneLineErrors, fail, one_line_errors
+from trl_pro.utils.quiet import quiet_known_noise
 
 
 PROG = "python -m trl_pro.scripts.prepare_data"
@@ -133,7 +134,7 @@ def _ultrafeedback_ranking(example, score_field: str, template: str) -> dict:
 
 
 def _hh_ranking(example, index: int) -> dict:
-    from trl_pro.data import PAIRWISE, to_ranking
+    from trl_pro.data.formats import PAIRWISE, to_ranking
 
     try:
         ranking = to_ranking(example, index, PAIRWISE, expect_scores=False)
@@ -143,7 +144,7 @@ def _hh_ranking(example, index: int) -> dict:
 
 
 def _ranked_ranking(example, index: int, data_format: str, expect_scores: bool) -> dict:
-    from trl_pro.data import rank, to_ranking
+    from trl_pro.data.formats import rank, to_ranking
 
     try:
         ranking = rank(to_ranking(example, index, data_format, expect_scores), index, None)
@@ -165,11 +166,12 @@ def rankings(source: str, dataset, args) -> tuple[object, dict[str, int]]:
         convert = lambda example: _ultrafeedback_ranking(example, args.score_field, args.prompt_template)  # noqa: E731
         kwargs = {}
     elif source == "ranked":
-        from trl_pro.data import detect_format
+        from trl_pro.data import formats
+        from trl_pro.data.formats import detect_format
 
         data_format = detect_format(dataset["train"].column_names)
         first = dataset["train"][0]
-        expect_scores = any(first.get(key) is not None for key in ("scores", "score_chosen", "reward"))
+        expect_scores = formats.has_scores(first)
         convert = lambda example, index: _ranked_ranking(example, index, data_format, expect_scores)  # noqa: E731
         kwargs = {"with_indices": True}
     else:
@@ -202,7 +204,7 @@ def views(ranked, pairs: str = "best_vs_worst") -> dict[str, object]:
     """The views of a `DatasetDict` of rankings (`coh` only when the rows are plain text)."""
     from datasets import DatasetDict
 
-    from trl_pro.coh import coh_rows
+    from trl_pro.data.coh import coh_rows
 
     has_scores = ranked["train"].features["scores"] is not None and ranked["train"][0]["scores"] is not None
     ranked_view = ranked if has_scores else ranked.remove_columns("scores")
@@ -225,20 +227,16 @@ def views(ranked, pairs: str = "best_vs_worst") -> dict[str, object]:
 def write_views(all_views: dict[str, object], output_dir: Path) -> list[str]:
     """Write each view as `<output_dir>/<view>/<split>.parquet` (through a temporary file, so that an interrupted run
     never leaves a half-written file); returns the views written."""
-    import os
+    from trl_pro.utils.io import atomic_write
 
     for view, data in all_views.items():
-        (output_dir / view).mkdir(parents=True, exist_ok=True)
         for split, rows in data.items():
-            target = output_dir / view / f"{split}.parquet"
-            partial = target.with_name(f".{target.name}.partial")
-            rows.to_parquet(str(partial))
-            os.replace(partial, target)
+            atomic_write(output_dir / view / f"{split}.parquet", lambda temporary, rows=rows: rows.to_parquet(str(temporary)))
     return list(all_views)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trl_pro.scripts.pro import load_named_dataset
+    from trl_pro.data.loading import load_named_dataset
 
     quiet_known_noise()
     args = make_parser().parse_args(argv)

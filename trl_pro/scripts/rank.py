@@ -91,7 +91,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
 def split_generated(ranking: dict) -> tuple[dict, list[tuple]]:
     """A ranking's dataset candidates (source "dataset") and its generated ones as (completion, source) pairs."""
-    from trl_pro.ranking import DATASET_SOURCE
+    from trl_pro.pipeline.rankings import DATASET_SOURCE
 
     own = [i for i, source in enumerate(ranking["sources"]) if source == DATASET_SOURCE]
     generated = [(ranking["completions"][i], ranking["sources"][i]) for i in range(len(ranking["completions"]))
@@ -108,9 +108,9 @@ def split_generated(ranking: dict) -> tuple[dict, list[tuple]]:
 
 
 def main(data_args: DataArguments, args: RankArguments) -> int:
-    from trl_pro.ranking import RankingStats, build_rankings
-    from trl_pro.reward_models import load_reward_model
-    from trl_pro.scripts._shards import ShardedOutput
+    from trl_pro.pipeline.rankings import RankingStats, build_rankings
+    from trl_pro.pipeline.reward_models import load_reward_model
+    from trl_pro.utils.shards import ShardedOutput
 
     check_data_command(data_args)
     rows = load_rows(data_args)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 
-from trl_pro.scripts import pro
+from trl_pro.cli import training
 
 
-RRHF = pro.TrainingMethod(
+RRHF = training.TrainingMethod(
     command="rrhf",
     config_class="RRHFConfig",
     trainer_class="RRHFTrainer",
@@ -34,15 +34,15 @@ PROG = RRHF.prog
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    return pro.make_method_parser(RRHF, subparsers, prog)
+    return training.make_method_parser(RRHF, subparsers, prog)
 
 
 def main(script_args, training_args, model_args, dataset_args):
-    return pro.main(script_args, training_args, model_args, dataset_args, method=RRHF)
+    return training.train(script_args, training_args, model_args, dataset_args, method=RRHF)
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    pro.cli_main(argv, method=RRHF)
+    training.cli_main(argv, method=RRHF)
 
 
 if __name__ == "__main__":

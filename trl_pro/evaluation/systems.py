@@ -1,0 +1,255 @@
+"""Evaluation as the PRO paper reports it (Table 2): BLEU and reward-model score per HH-RLHF subset and in total.
+
+What follows the authors' evaluation code (AlibabaResearch/DAMO-ConvAI, `PRO/eval_hh` and `PRO/eval`):
+
+- generation: greedy (`num_beams=1, do_sample=False`), `max_new_tokens=128`, the prompt
+  "\\n\\nHuman: ...\\n\\nAssistant:" left-truncated to 512 - 128 = 384 tokens, batched with left padding;
+- the response is the generated text stripped, then cut before the first "Human:", "human:", "Assistant:" or
+  "assistant:" (in that order of search, each cut followed by a right strip);
+- `bleu`: `nltk.translate.bleu_score.sentence_bleu([reference.strip()], hypothesis.strip())` on raw strings (so
+  character 4-grams, no smoothing), averaged over rows; the reference is the row's first candidate (the human-chosen
+  response; the authors re-ranked harmless-base by their reward model, so there it is the one it scores higher);
+- `reward`: sigmoid of the evaluation reward model's score, averaged over rows;
+- total: sample-weighted over all rows of all subsets (the authors sum over the rows of the four files and divide by
+  the number of rows), not a mean of subset means.
+
+All three metrics are reported on the paper's 0-100 scale (`bleu` and `reward` x 100; `sacrebleu`, the standard
+corpus BLEU on 13a-tokenized words, is 0-100 already).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl_pro.evaluation.metrics import check_single_score_head, compute_metrics, reward_scores
+from trl_pro.evaluation.report import format_results_markdown, plot_results
+from trl_pro.evaluation.responses import MAX_NEW_TOKENS, MAX_PROMPT_LENGTH, generate_responses
+from trl_pro.evaluation.test_data import (
+    RESPONSES_SUFFIXES,
+    EvalExample,
+    is_responses_file,
+    read_responses_file,
+    responses_rows,
+    unique_prompts,
+)
+from trl_pro.pipeline.models import TINY_LLAMA, load_policy
+from trl_pro.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_cache, write_jsonl
+
+
+#: File name of a comparison folder's manifest: `{"systems": [{"name", "path", "prompt_suffix"}, ...]}`.
+COMPARISON_MANIFEST = "comparison.json"
+
+
+@dataclass
+class System:
+    """A system to evaluate: a model (`path` is a folder, hub id or PEFT adapter folder) or a responses file."""
+
+    name: str
+    path: str
+    prompt_suffix: str = ""
+    kind: str = field(default="")  # "model" or "responses"; detected from `path` when empty
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ValueError(f"system name {self.name!r}: give a non-empty name without '/'")
+        if not self.kind:
+            looks_like_file = self.path.endswith(RESPONSES_SUFFIXES)
+            if looks_like_file and not Path(self.path).is_file():
+                raise ValueError(f"system '{self.name}': responses file {self.path} does not exist")
+            self.kind = "responses" if is_responses_file(self.path) else "model"
+
+
+def parse_system_specs(specs: Sequence[str], suffixes: Sequence[str] = ()) -> list[System]:
+    """`["name=path", ...]` and `["name=suffix", ...]` -> systems (a name given twice is an error)."""
+    prompt_suffixes: dict[str, str] = {}
+    for spec in suffixes:
+        name, sep, suffix = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--prompt_suffix {spec!r}: expected NAME=TEXT")
+        prompt_suffixes[name] = suffix.encode().decode("unicode_escape") if "\\" in suffix else suffix
+    systems: list[System] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--system {spec!r}: expected NAME=PATH (a model folder, hub id, PEFT adapter folder or "
+                             "responses .jsonl file)")
+        if any(system.name == name for system in systems):
+            raise ValueError(f"--system: the name {name!r} is given twice")
+        systems.append(System(name=name, path=path, prompt_suffix=prompt_suffixes.pop(name, "")))
+    if prompt_suffixes:
+        raise ValueError(f"--prompt_suffix names no system: {', '.join(prompt_suffixes)}")
+    return systems
+
+
+def read_comparison_folder(folder: str | os.PathLike) -> list[System]:
+    """The systems listed by a comparison folder's `comparison.json`: `{"systems": [{"name": ..., "path": ...,
+    "prompt_suffix": ...}, ...]}`, `path` relative to the folder (or absolute), `prompt_suffix` optional."""
+    folder = Path(folder)
+    manifest = folder / COMPARISON_MANIFEST
+    if not manifest.is_file():
+        raise ValueError(f"{folder}: no {COMPARISON_MANIFEST} (a comparison folder lists its systems there)")
+    data = json.loads(manifest.read_text())
+    entries = data.get("systems") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{manifest}: expected {{\"systems\": [{{\"name\": ..., \"path\": ...}}, ...]}}")
+    systems = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("path"),
+                                                                                                      str):
+            raise ValueError(f"{manifest}: systems[{index}] needs string fields 'name' and 'path'")
+        path = Path(entry["path"])
+        path = path if path.is_absolute() else folder / path
+        systems.append(System(name=entry["name"], path=str(path), prompt_suffix=entry.get("prompt_suffix") or ""))
+    return systems
+
+
+def _settings_key(system: System, max_new_tokens: int, max_prompt_length: int, seed: int) -> dict:
+    settings = {"path": str(system.path), "prompt_suffix": system.prompt_suffix, "max_new_tokens": max_new_tokens,
+                "max_prompt_length": max_prompt_length}
+    if system.path == TINY_LLAMA:
+        settings["seed"] = seed
+    return settings
+
+
+def system_responses(
+    system: System,
+    test_data: dict[str, list[EvalExample]],
+    output_dir: str | os.PathLike,
+    *,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+    batch_size: int = 8,
+    load_in_4bit: bool = False,
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, str]:
+    """A system's `{prompt: response}` on the test prompts, written to `<output_dir>/responses/<name>.jsonl`.
+
+    A responses file is read and checked (every test prompt, no other). A model generates; its batches are cached in
+    `<output_dir>/cache/<name>.jsonl` (with the settings in `<name>.settings.json`, which must match on a rerun), so
+    an interrupted run resumes and a finished one is not generated again.
+    """
+    output_dir = Path(output_dir)
+    prompts = unique_prompts(test_data)
+    if system.kind == "responses":
+        responses = read_responses_file(system.path, prompts)
+    else:
+        cache = output_dir / "cache" / f"{system.name}.jsonl"
+        settings_path = output_dir / "cache" / f"{system.name}.settings.json"
+        settings = _settings_key(system, max_new_tokens, max_prompt_length, seed)
+        if settings_path.exists():
+            previous = json.loads(settings_path.read_text())
+            if previous != settings:
+                changed = [k for k in settings if previous.get(k) != settings[k]]
+                raise ValueError(f"system '{system.name}': {output_dir} holds responses generated with other "
+                                 f"settings ({', '.join(changed)} differ); use another --output_dir or delete "
+                                 f"{cache}")
+        cached = {row["prompt"]: row["response"] for row in read_jsonl_cache(cache)}
+        if all(prompt in cached for prompt in prompts):  # finished before: nothing to load or generate
+            responses = {prompt: cached[prompt] for prompt in prompts}
+        else:
+            atomic_write_json(settings_path, settings)
+            model, tokenizer = load_policy(system.path, load_in_4bit=load_in_4bit, dtype=dtype, device=device,
+                                           trust_remote_code=trust_remote_code, seed=seed)
+            responses = generate_responses(
+                model, tokenizer, prompts, prompt_suffix=system.prompt_suffix, max_new_tokens=max_new_tokens,
+                max_prompt_length=max_prompt_length, batch_size=batch_size, cache_path=cache, progress=progress,
+                desc=f"generating ({system.name})",
+            )
+            del model
+    write_jsonl(output_dir / "responses" / f"{system.name}.jsonl", responses_rows(test_data, responses))
+    return responses
+
+
+def _reward_cache_key(reward_model_name_or_path: str, prompt_format: str) -> str:
+    return hashlib.sha256(f"{reward_model_name_or_path}\0{prompt_format}".encode()).hexdigest()[:16]
+
+
+def evaluate_systems(
+    systems: Sequence[System],
+    test_data: dict[str, list[EvalExample]],
+    output_dir: str | os.PathLike,
+    *,
+    reward_model_name_or_path: str | None = None,
+    reward_prompt_format: str = "auto",
+    reward_batch_size: int = 8,
+    reward_load_in_4bit: bool = False,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+    batch_size: int = 8,
+    load_in_4bit: bool = False,
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    plot: bool = True,
+) -> dict[str, dict[str, dict]]:
+    """Evaluate every system; writes results.json, results.md, results.png and one responses file per system in
+    `output_dir` (all atomically) and returns the results. Generated responses and reward scores are cached under
+    `output_dir/cache`, so a rerun (or a resumed run) redoes nothing."""
+    if not systems:
+        raise ValueError("no system to evaluate: give --system NAME=PATH (or a comparison folder)")
+    names = [system.name for system in systems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"system names must differ, got {names}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    all_responses = {}
+    for system in systems:
+        all_responses[system.name] = system_responses(
+            system, test_data, output_dir, max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
+            batch_size=batch_size, load_in_4bit=load_in_4bit, dtype=dtype, device=device,
+            trust_remote_code=trust_remote_code, seed=seed, progress=progress,
+        )
+
+    all_rewards: dict[str, dict[str, float] | None] = {name: None for name in names}
+    if reward_model_name_or_path:
+        key = _reward_cache_key(reward_model_name_or_path, reward_prompt_format)
+        reward_model = tokenizer = None
+        for system in systems:
+            responses = all_responses[system.name]
+            cache = output_dir / "cache" / f"{system.name}.rewards-{key}.jsonl"
+            scored = {(row["prompt"], row["response"]): row["score"] for row in read_jsonl_cache(cache)}
+            todo = [(p, r) for p, r in responses.items() if (p, r) not in scored]
+            if todo:
+                if reward_model is None:
+                    from trl_pro.pipeline.reward_models import load_reward_model
+
+                    reward_model, tokenizer = load_reward_model(
+                        reward_model_name_or_path, load_in_4bit=reward_load_in_4bit, dtype=dtype, device=device,
+                        trust_remote_code=trust_remote_code,
+                    )
+                    check_single_score_head(reward_model, f"reward model {reward_model_name_or_path}")
+                scores = reward_scores(reward_model, tokenizer, [p for p, _ in todo], [r for _, r in todo],
+                                       prompt_format=reward_prompt_format, batch_size=reward_batch_size,
+                                       progress=progress)
+                append_jsonl(cache, [{"prompt": p, "response": r, "score": s} for (p, r), s in zip(todo, scores)])
+                scored.update(zip(todo, scores))
+            all_rewards[system.name] = {p: scored[(p, r)] for p, r in responses.items()}
+
+    results = {name: compute_metrics(test_data, all_responses[name], all_rewards[name]) for name in names}
+    atomic_write_json(output_dir / "results.json", results)
+    notes = []
+    if reward_model_name_or_path:
+        notes.append(f"Reward model: `{reward_model_name_or_path}` (prompt format `{reward_prompt_format}`).")
+    else:
+        notes.append("No reward model given (--reward_model_name_or_path): Reward is not computed.")
+    suffixes = [f"`{s.name}`: {s.prompt_suffix!r}" for s in systems if s.prompt_suffix]
+    if suffixes:
+        notes.append("Prompt suffixes: " + "; ".join(suffixes) + ".")
+    atomic_write_text(output_dir / "results.md", format_results_markdown(results, notes))
+    if plot:
+        plot_results(results, output_dir / "results.png")
+    return results
+
+

@@ -1,0 +1,403 @@
+"""Candidate generation: k completions per prompt from a local model, an OpenAI-compatible endpoint or vLLM.
+
+- `load_policy` + `generate_local`: a causal LM through transformers `generate` (batched, left padding, prompts
+  truncated from the left, sampling or greedy, chat template for conversational prompts, a PEFT adapter, 4-bit).
+  `generate_local` takes an already loaded model, so the evaluation code and self-bootstrapping reuse it.
+- `generate_openai`: an OpenAI-compatible server (a ChatGPT-like API, vLLM's or `transformers serve`) through the
+  `openai` client, chat or completions, with bounded retries and exponential backoff.
+- `generate_vllm`: vLLM in the same process, when it is installed and a GPU is present (not run here: no GPU).
+- `CandidateSource` + `collect_candidates`: any of these under a name; every candidate records the name of the source
+  that produced it; a source that returns fewer candidates than asked is logged with the count; empty generations
+  are dropped (and counted) unless `keep_empty=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trl_pro.data.formats import is_messages
+from trl_pro.data.tokenization import token_ids, truncate_prompt
+
+
+__all__ = [
+    "render_prompt",
+    "generate_local",
+    "generation_mode",
+    "generate_openai",
+    "generate_vllm",
+    "CandidateSource",
+    "GenerationStats",
+    "local_source",
+    "openai_source",
+    "vllm_source",
+    "collect_candidates",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _prompt_label(prompt: Any, index: int) -> str:
+    text = prompt if isinstance(prompt, str) else " | ".join(str(m.get("content", "")) for m in prompt)
+    text = " ".join(text.split())
+    return f"prompt {index} ({text[:60]!r}{'...' if len(text) > 60 else ''})"
+
+
+# --------------------------------------------------------------------------------------------------------- local model
+
+
+def render_prompt(prompt: Any, tokenizer: Any) -> str:
+    """The text a policy continues: conversational prompts through the tokenizer's chat template with the
+    generation prompt, plain text as it is."""
+    if is_messages(prompt):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("a conversational prompt needs a tokenizer with a chat template")
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    if not isinstance(prompt, str):
+        raise ValueError(f"a prompt must be a string or a list of messages, got {type(prompt).__name__}")
+    return prompt
+
+
+def _prompt_ids(prompt: Any, tokenizer: Any, max_prompt_length: int | None) -> list[int]:
+    """Prompt token ids exactly as the trainer makes them (`trl_pro.data.formats`): the chat template (with the generation
+    prompt) for messages, the tokenizer's own special tokens for text; cut from the left to `max_prompt_length`,
+    keeping the special tokens the tokenizer puts first (LLaMA's BOS)."""
+    render_prompt(prompt, tokenizer)  # the checks: a chat template for messages, a string otherwise
+    if is_messages(prompt):
+        ids = token_ids(tokenizer, prompt, add_generation_prompt=True)
+    else:
+        ids = token_ids(tokenizer, prompt)
+    return truncate_prompt(tokenizer, ids, max_prompt_length)
+
+
+@contextlib.contextmanager
+def generation_mode(model: Any):
+    """Eval mode, the KV cache on and gradient checkpointing off for the duration of `generate`, restored after
+    (a model being trained has checkpointing on and `use_cache` off)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was_training = model.training
+    checkpointing = bool(getattr(base, "is_gradient_checkpointing", False))
+    config = getattr(base, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    if checkpointing:
+        base.gradient_checkpointing_disable()
+    if config is not None:
+        config.use_cache = True
+    model.eval()
+    try:
+        yield model
+    finally:
+        if config is not None and use_cache is not None:
+            config.use_cache = use_cache
+        if checkpointing:
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=getattr(base, "_gradient_checkpointing_kwargs", None)
+            )
+        model.train(was_training)
+
+
+def generate_local(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    *,
+    num_generations: int = 1,
+    max_completion_length: int = 128,
+    max_prompt_length: int | None = None,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    batch_size: int = 8,
+    seed: int | None = None,
+    progress: bool = True,
+    desc: str = "Generating",
+) -> list[list[str]]:
+    """`num_generations` completions for each prompt (decoded, special tokens removed, cut at the EOS).
+
+    Prompts are tokenized as the trainer does (chat template for messages), truncated from the left to
+    `max_prompt_length` tokens (keeping a leading BOS), left-padded and
+    generated `batch_size` prompts at a time (each with `num_return_sequences=num_generations`). `do_sample=False` is
+    greedy decoding (`num_generations` must then be 1). Returns one list per prompt, in order.
+    """
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    if num_generations < 1:
+        raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+    if not do_sample and num_generations > 1:
+        raise ValueError("greedy decoding (do_sample=False) gives one completion per prompt; set num_generations=1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_id = tokenizer.eos_token_id
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k if top_k else 0) if do_sample else {}
+    generation_config = GenerationConfig(
+        max_new_tokens=max_completion_length,
+        do_sample=do_sample,
+        num_return_sequences=num_generations,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **sampling,
+    )
+    encoded = []
+    for index, prompt in enumerate(prompts):
+        try:
+            ids = _prompt_ids(prompt, tokenizer, max_prompt_length)
+        except ValueError as error:
+            raise ValueError(f"Row {index}, field 'prompt': {error}") from error
+        if not ids:
+            raise ValueError(f"Row {index}, field 'prompt': the prompt is empty after tokenization")
+        encoded.append(ids)
+    device = next(model.parameters()).device
+    results: list[list[str]] = []
+    generator_state = contextlib.nullcontext()
+    if seed is not None:
+        generator_state = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    with generator_state, generation_mode(model), torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress):
+            batch = encoded[start : start + batch_size]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):  # left padding: every prompt ends where generation starts
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention_mask[row, width - len(ids) :] = 1
+            output = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                generation_config=generation_config,
+            )
+            completion_ids = output[:, width:].tolist()
+            for row in range(len(batch)):
+                texts = []
+                for ids in completion_ids[row * num_generations : (row + 1) * num_generations]:
+                    if eos_id is not None and eos_id in ids:
+                        ids = ids[: ids.index(eos_id)]
+                    texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+                results.append(texts)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------- OpenAI-compatible
+
+
+def generate_openai(
+    prompts: Sequence[Any],
+    *,
+    model: str,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    client: Any = None,
+    num_generations: int = 1,
+    max_completion_length: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    api: str = "auto",
+    max_retries: int = 3,
+    backoff_seconds: float = 1.0,
+    timeout: float = 120.0,
+    progress: bool = True,
+) -> list[list[str]]:
+    """`num_generations` completions per prompt from an OpenAI-compatible endpoint.
+
+    `api`: "chat" (`/chat/completions`; an HH text prompt is split into messages), "completions" (`/completions`,
+    plain text; a conversational prompt is an error) or "auto" (chat for conversational prompts, completions for text).
+    One request per completion (servers such as `transformers serve` ignore `n`). A connection error, timeout, rate
+    limit or 5xx is retried `max_retries` times, waiting `backoff_seconds * 2**attempt`; then, or at once for any other
+    error, a `RuntimeError` names the prompt.
+    """
+    import openai
+    from tqdm.auto import tqdm
+
+    from trl_pro.pipeline.reward_models import split_hh_dialogue
+
+    if api not in ("auto", "chat", "completions"):
+        raise ValueError(f"api must be 'auto', 'chat' or 'completions', got {api!r}")
+    if client is None:
+        client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout)
+    retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+    results = []
+    for index, prompt in enumerate(tqdm(prompts, desc=f"Generating ({model})", disable=not progress)):
+        use_chat = api == "chat" or (api == "auto" and is_messages(prompt))
+        if not use_chat and is_messages(prompt):
+            raise ValueError(f"Row {index}, field 'prompt': a conversational prompt needs api='chat'")
+        messages = (prompt if is_messages(prompt) else split_hh_dialogue(prompt)) if use_chat else None
+        texts = []
+        for _ in range(num_generations):
+            for attempt in range(max_retries + 1):
+                try:
+                    if use_chat:
+                        response = client.chat.completions.create(
+                            model=model, messages=messages, max_tokens=max_completion_length,
+                            temperature=temperature, top_p=top_p,
+                        )
+                        text = response.choices[0].message.content or ""
+                    else:
+                        response = client.completions.create(
+                            model=model, prompt=prompt, max_tokens=max_completion_length,
+                            temperature=temperature, top_p=top_p,
+                        )
+                        text = response.choices[0].text or ""
+                    break
+                except retryable as error:
+                    if attempt == max_retries:
+                        raise RuntimeError(
+                            f"Endpoint {base_url or getattr(client, 'base_url', '')} failed for "
+                            f"{_prompt_label(prompt, index)} after {max_retries + 1} attempts: "
+                            f"{type(error).__name__}: {error}"
+                        ) from error
+                    time.sleep(backoff_seconds * 2**attempt)
+                except openai.OpenAIError as error:
+                    raise RuntimeError(
+                        f"Endpoint {base_url or getattr(client, 'base_url', '')} refused "
+                        f"{_prompt_label(prompt, index)}: {type(error).__name__}: {error}"
+                    ) from error
+            texts.append(text)
+        results.append(texts)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------- vLLM
+
+
+def generate_vllm(
+    model_name_or_path: str,
+    prompts: Sequence[Any],
+    *,
+    num_generations: int = 1,
+    max_completion_length: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    llm: Any = None,
+) -> list[list[str]]:
+    """vLLM in this process (needs `vllm` and a GPU; not run here). Conversational prompts go through the model's chat
+    template (vLLM's tokenizer)."""
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError("generate_vllm needs vLLM: pip install vllm (GPU only)") from error
+    if not torch.cuda.is_available():
+        raise RuntimeError("generate_vllm needs a GPU; use generate_local or an OpenAI-compatible endpoint instead")
+    llm = llm or vllm.LLM(model=model_name_or_path, seed=seed or 0)
+    tokenizer = llm.get_tokenizer()
+    params = vllm.SamplingParams(
+        n=num_generations, max_tokens=max_completion_length, temperature=temperature, top_p=top_p,
+        top_k=top_k if top_k else -1, seed=seed,
+    )
+    texts = [render_prompt(prompt, tokenizer) for prompt in prompts]
+    outputs = llm.generate(texts, params)
+    return [[choice.text for choice in output.outputs] for output in outputs]
+
+
+# -------------------------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class CandidateSource:
+    """A named candidate generator: `generate(prompts, num_generations) -> one list of texts per prompt`."""
+
+    name: str
+    generate: Callable[[Sequence[Any], int], list[list[str]]]
+
+
+@dataclass
+class GenerationStats:
+    """What `collect_candidates` did: candidates asked and produced, per source; short prompts; dropped empties."""
+
+    asked: dict[str, int] = field(default_factory=dict)
+    produced: dict[str, int] = field(default_factory=dict)
+    short_prompts: dict[str, int] = field(default_factory=dict)
+    dropped_empty: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def local_source(model: Any, tokenizer: Any, name: str | None = None, **generate_kwargs: Any) -> CandidateSource:
+    """A loaded causal LM as a candidate source (see `generate_local` for the keyword arguments)."""
+    label = name or f"local:{getattr(getattr(model, 'config', None), '_name_or_path', 'model')}"
+    return CandidateSource(
+        label, lambda prompts, k: generate_local(model, tokenizer, prompts, num_generations=k, **generate_kwargs)
+    )
+
+
+def openai_source(model: str, name: str | None = None, **generate_kwargs: Any) -> CandidateSource:
+    """An OpenAI-compatible endpoint as a candidate source (see `generate_openai` for the keyword arguments)."""
+    return CandidateSource(
+        name or f"openai:{model}",
+        lambda prompts, k: generate_openai(prompts, model=model, num_generations=k, **generate_kwargs),
+    )
+
+
+def vllm_source(model_name_or_path: str, name: str | None = None, **generate_kwargs: Any) -> CandidateSource:
+    """vLLM in-process as a candidate source (GPU only; see `generate_vllm`)."""
+    return CandidateSource(
+        name or f"vllm:{model_name_or_path}",
+        lambda prompts, k: generate_vllm(model_name_or_path, prompts, num_generations=k, **generate_kwargs),
+    )
+
+
+def _is_empty(text: Any) -> bool:
+    if is_messages(text):
+        return not any(str(m["content"]).strip() for m in text)
+    return not isinstance(text, str) or not text.strip()
+
+
+def collect_candidates(
+    sources: Sequence[CandidateSource],
+    prompts: Sequence[Any],
+    num_generations: int,
+    *,
+    keep_empty: bool = False,
+    stats: GenerationStats | None = None,
+) -> list[list[tuple[str, str]]]:
+    """`num_generations` candidates per prompt from every source: one list of `(text, source name)` per prompt.
+
+    A source that returns fewer than `num_generations` for some prompts is logged (warning) with the number of prompts
+    and missing candidates; empty (whitespace-only) generations are dropped and the count logged, unless
+    `keep_empty=True`. `stats`, when given, accumulates the counts and the time each source took.
+    """
+    stats = stats if stats is not None else GenerationStats()
+    candidates: list[list[tuple[str, str]]] = [[] for _ in prompts]
+    for source in sources:
+        started = time.perf_counter()
+        outputs = source.generate(list(prompts), num_generations)
+        stats.seconds[source.name] = stats.seconds.get(source.name, 0.0) + time.perf_counter() - started
+        if len(outputs) != len(prompts):
+            raise RuntimeError(f"source {source.name!r} returned {len(outputs)} lists for {len(prompts)} prompts")
+        short = missing = dropped = 0
+        for index, texts in enumerate(outputs):
+            if len(texts) < num_generations:
+                short += 1
+                missing += num_generations - len(texts)
+            for text in texts[:num_generations]:
+                if _is_empty(text) and not keep_empty:
+                    dropped += 1
+                    continue
+                candidates[index].append((text, source.name))
+        asked = num_generations * len(prompts)
+        produced = sum(min(len(texts), num_generations) for texts in outputs)
+        stats.asked[source.name] = stats.asked.get(source.name, 0) + asked
+        stats.produced[source.name] = stats.produced.get(source.name, 0) + produced
+        stats.short_prompts[source.name] = stats.short_prompts.get(source.name, 0) + short
+        stats.dropped_empty[source.name] = stats.dropped_empty.get(source.name, 0) + dropped
+        if short:
+            logger.warning(
+                f"source {source.name!r} returned fewer than {num_generations} candidates for {short} of "
+                f"{len(prompts)} prompts ({missing} candidates missing)"
+            )
+        if dropped:
+            logger.warning(
+                f"source {source.name!r}: dropped {dropped} empty generations of {produced} "
+                "(keep them with keep_empty=True)"
+            )
+    return candidates
