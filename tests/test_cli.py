@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from trl import DatasetMixtureConfig, ModelConfig
 
-import trl_pro.cli as cli
+import trl_pro.cli.commands as cli
 from trl_pro.assets import HH_RLHF_DIR, build_tiny_llama
 from trl_pro.cli import training
 from trl_pro.cli.training import PROScriptArguments

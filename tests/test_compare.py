@@ -104,6 +104,6 @@ def test_compare_rejects_unknown_methods_and_overrides(tmp_path, capsys):
 
 
 def test_compare_is_a_cli_command():
-    from trl_pro.cli.main import get_commands
+    from trl_pro.cli.commands import get_commands
 
     assert {"compare", "coh"} <= {command.name for command in get_commands()}

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from trl_pro import rrhf_loss
-from trl_pro.cli import main as cli
+import trl_pro.cli.commands as cli
 from trl_pro.trainers.rrhf_config import RRHFConfig
 from trl_pro.trainers.rrhf_trainer import RRHFTrainer
 

@@ -43,6 +43,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def retryable_openai_errors() -> tuple[type[Exception], ...]:
+    """The `openai` errors a retry can cure: connection errors, time-outs, rate limits (429) and server errors (5xx).
+    Authentication, permission and bad-request errors (401, 403, 400, 404, 422) fail the same way every time."""
+    import openai
+
+    return (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+
+
 def _prompt_label(prompt: Any, index: int) -> str:
     text = prompt if isinstance(prompt, str) else " | ".join(str(m.get("content", "")) for m in prompt)
     text = " ".join(text.split())
@@ -224,7 +232,7 @@ def generate_openai(
         raise ValueError(f"api must be 'auto', 'chat' or 'completions', got {api!r}")
     if client is None:
         client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout)
-    retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+    retryable = retryable_openai_errors()
     results = []
     for index, prompt in enumerate(tqdm(prompts, desc=f"Generating ({model})", disable=not progress)):
         use_chat = api == "chat" or (api == "auto" and is_messages(prompt))

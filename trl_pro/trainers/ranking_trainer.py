@@ -180,6 +180,57 @@ class RankingTrainer(_BaseTrainer):
 
         # Model. PEFT initializes adapters randomly, so seed before creating the model, as TRL does
         set_seed(args.seed)
+        model = self._create_model(model, args, quantization_config)
+        processing_class = self._prepare_processing_class(model, processing_class, args)
+        model = self._prepare_peft_model(model, peft_config, args)
+        # The rows as given, before tokenization: self-bootstrapping re-ranks them round by round
+        self.raw_train_dataset = train_dataset if getattr(args, "bootstrap_rounds", 0) else None
+        self._checkpoint_subdir = None  # set by `train_part`: each part checkpoints into a folder of its own
+        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
+        if eval_dataset is not None:
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {
+                    key: self._prepare_dataset(dataset, processing_class, args, key)
+                    for key, dataset in eval_dataset.items()
+                }
+            else:
+                eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+        if data_collator is None:
+            data_collator = DataCollatorForRanking(
+                pad_token_id=processing_class.pad_token_id,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                shared_prompt=resolve_shared_prompt(args.shared_prompt, model),
+            )
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+        self._set_router_aux_loss(args)
+
+        # See `loss_is_scaled_for_ga`: `compute_loss` normalizes by `num_items_in_batch` whenever it gets one
+        self.model_accepts_loss_kwargs = True
+
+        if args.disable_dropout:
+            disable_dropout_in_model(self.model)
+        add_ranking_loss_head(self.model.get_base_model() if is_peft_model(self.model) else self.model)
+
+        # (sum, count) of every metric since the last log: a partial batch weighs by its size, not as a full one
+        self._metrics = {"train": defaultdict(lambda: [0.0, 0.0]), "eval": defaultdict(lambda: [0.0, 0.0])}
+        self._total_train_tokens = 0
+        self.model.add_model_tags(self._tag_names)
+
+    @staticmethod
+    def _create_model(model, args: RankingConfig, quantization_config):
+        """The model: loaded from a hub id or path with `model_init_kwargs` (and `quantization_config`), or as given."""
         if isinstance(model, str):
             model_init_kwargs = dict(args.model_init_kwargs or {})
             if quantization_config is not None:
@@ -203,9 +254,12 @@ class RankingTrainer(_BaseTrainer):
                 raise ValueError(
                     "`quantization_config` only applies when the model is given as a string (hub id or path)."
                 )
-        is_quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
 
-        # Processing class
+        return model
+
+    @staticmethod
+    def _prepare_processing_class(model, processing_class, args: RankingConfig):
+        """The tokenizer (the model's own when none is given), with a pad token shared with the model's config."""
         if processing_class is None:
             processing_class = AutoProcessor.from_pretrained(
                 get_config_model_id(model.config), trust_remote_code=args.trust_remote_code
@@ -218,7 +272,12 @@ class RankingTrainer(_BaseTrainer):
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = processing_class.pad_token_id
 
-        # PEFT
+        return processing_class
+
+    @staticmethod
+    def _prepare_peft_model(model, peft_config, args: RankingConfig):
+        """The model with `peft_config`'s adapter (or its own), checked and set for training as TRL sets it."""
+        is_quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
         if peft_config is not None:
             if get_peft_model is None:
                 raise ImportError("`peft_config` needs the `peft` library: `pip install peft`.")
@@ -251,39 +310,10 @@ class RankingTrainer(_BaseTrainer):
                 if getattr(module, "support_avx512bf16_for_cpu", False):
                     module.support_avx512bf16_for_cpu = False
 
-        # Data. PRO's self-bootstrapping re-ranks the raw rows part by part (trl_pro/bootstrap.py), so it keeps them
-        self._tokenizer = processing_class
-        # The rows as given, before tokenization: self-bootstrapping re-ranks them round by round
-        self.raw_train_dataset = train_dataset if getattr(args, "bootstrap_rounds", 0) else None
-        self._checkpoint_subdir = None  # set by self-bootstrapping: each round checkpoints into a folder of its own
-        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
-        if eval_dataset is not None:
-            if isinstance(eval_dataset, dict):
-                eval_dataset = {
-                    key: self._prepare_dataset(dataset, processing_class, args, key)
-                    for key, dataset in eval_dataset.items()
-                }
-            else:
-                eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
-        if data_collator is None:
-            data_collator = DataCollatorForRanking(
-                pad_token_id=processing_class.pad_token_id,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-                shared_prompt=resolve_shared_prompt(args.shared_prompt, model),
-            )
+        return model
 
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-        )
-
+    def _set_router_aux_loss(self, args: RankingConfig) -> None:
+        """Whether and how much the MoE router's load-balancing loss adds to the loss."""
         # MoE load-balancing auxiliary loss, as in DPOTrainer: `output_router_logits` in the config means the model
         # returns its router logits; `router_aux_loss_coef` is the architecture's own coefficient, 0.0 when the config
         # declares none
@@ -292,22 +322,10 @@ class RankingTrainer(_BaseTrainer):
         self.router_aux_loss_coef = getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef
         if coef and not hasattr(text_config, "output_router_logits"):
             raise ValueError(
-                f"`router_aux_loss_coef` is set to {coef} but {type(model).__name__} is not a Mixture-of-Experts "
+                f"`router_aux_loss_coef` is set to {coef} but {type(self.model).__name__} is not a Mixture-of-Experts "
                 "model that returns its router logits, so there is no auxiliary loss to weight."
             )
         self.aux_loss_enabled = hasattr(text_config, "output_router_logits") and self.router_aux_loss_coef != 0.0
-
-        # See `loss_is_scaled_for_ga`: `compute_loss` normalizes by `num_items_in_batch` whenever it gets one
-        self.model_accepts_loss_kwargs = True
-
-        if args.disable_dropout:
-            disable_dropout_in_model(self.model)
-        add_ranking_loss_head(self.model.get_base_model() if is_peft_model(self.model) else self.model)
-
-        # (sum, count) of every metric since the last log: a partial batch weighs by its size, not as a full one
-        self._metrics = {"train": defaultdict(lambda: [0.0, 0.0]), "eval": defaultdict(lambda: [0.0, 0.0])}
-        self._total_train_tokens = 0
-        self.model.add_model_tags(self._tag_names)
 
     # --- What a subclass defines ---------------------------------------------------------------------------------
 
@@ -578,19 +596,22 @@ class RankingTrainer(_BaseTrainer):
         # `Trainer` weighs each batch's mean loss by the batch size, and keeps the whole mean of a last batch that
         # accelerate evened out with duplicate prompts on other processes. The per-prompt losses gathered with
         # `gather_for_metrics` count every prompt once.
-        total, count = self._metrics["eval"].pop("loss", (0.0, 0.0))
-        if count > 0 and f"{metric_key_prefix}_loss" in output.metrics:
-            output.metrics[f"{metric_key_prefix}_loss"] = total / count
+        metrics = {name: total / count for name, (total, count) in self._metrics["eval"].items() if count > 0}
+        self._metrics["eval"].clear()
+        loss = metrics.pop("loss", None)
+        if loss is not None and f"{metric_key_prefix}_loss" in output.metrics:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss
+        # Named as `Trainer` names the loss: `test_ranking/...` for metric_key_prefix="test", and one set per dataset
+        # of a dict eval_dataset (`eval_<name>_ranking/...`)
+        output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in metrics.items()})
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        metrics = {key: total / count for key, (total, count) in self._metrics[mode].items()}
-        if mode == "eval":
-            metrics = {f"eval_{key}": val for key, val in metrics.items()}
-        logs.update(metrics)
+        # Evaluation metrics are already in `logs`, under their prefix (`evaluation_loop`)
+        if self.model.training:
+            logs.update({key: total / count for key, (total, count) in self._metrics["train"].items()})
+            self._metrics["train"].clear()
         super().log(logs, start_time)
-        self._metrics[mode].clear()
 
     # Without labels, `Trainer.prediction_step` would only run a forward; the loss needs `compute_loss`
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
