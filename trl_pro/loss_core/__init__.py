@@ -2,13 +2,15 @@
 (PRO's Eq. 7 by default; RRHF with `trl_pro.objectives.rrhf.RRHFObjective`; see `trl_pro.objectives`).
 
 Modules (Triton is optional and imported only when the Triton implementation runs):
-- `core`: `ranking_loss_from_hidden`, the entry point of the trainer, and its dispatch over implementations.
-- `fused_ranking_loss`: `FusedRankingLossFunction`, the autograd Function of the fused core, and `fused_ranking_loss`.
-- `token_logprob` (Triton): logits tiles + online log-sum-exp forward, logits-gradient tiles backward.
-- `ranking` (Triton): PRO only, one program per prompt, cascade with dynamic temperature, loss and d loss / d scores;
-  tested against `trl_pro.objectives.pro.PROObjective`, the one torch definition of PRO.
-- `torch_twin`: the same chunked token-level algorithm in torch (CPU path, readable twin of the kernels), and the
+- `dispatch`: `ranking_loss_from_hidden`, the entry point of the trainer, over the implementations.
+- `fused`: `FusedRankingLossFunction`, the autograd Function of the fused core, and `fused_ranking_loss`.
+- `head`: the model's forward with the loss core in place of the logits (`add_ranking_loss_head`).
+- `shared_prompt`: the shared-prompt layout's attention masks and position ids.
+- `torch_path`: the chunked token-level algorithm in torch (the CPU path, readable twin of the kernels), and the
   ranking level of every objective in torch with autograd's gradient.
+- `triton/token_logprob`: logits tiles + online log-sum-exp forward, logits-gradient tiles backward.
+- `triton/pro_ranking`: PRO only, one program per prompt, cascade with dynamic temperature, loss and d loss / d scores;
+  tested against `trl_pro.objectives.pro.PROObjective`, the one torch definition of PRO.
 - `reference`: eager [T, V] references, for tests and benchmarks only.
 """
 

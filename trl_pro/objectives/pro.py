@@ -67,7 +67,13 @@ def pro_loss(
 ) -> torch.Tensor:
     """Per-prompt ranking loss L_PRO, shape [B] (fp32, or fp64 for fp64 scores), without the SFT term.
 
-    L_PRO = -sum_{k=1}^{n-1} log( exp(r_k / T_k^k) / sum_{i=k}^{n} exp(r_i / T_k^i) )      (Eq. 8/9)
+    Paper: Song et al., "Preference Ranking Optimization for Human Alignment" (AAAI 2024), https://arxiv.org/abs/2306.17492
+
+    Formula:
+        L_PRO = -sum_{k=1}^{n-1} log( exp(r_k / T_k^k) / sum_{i=k}^{n} exp(r_i / T_k^i) )      (Eq. 8/9)
+
+    Legend: r_k the score of the k-th best candidate (mean token log-prob, Eq. 6); s_k its reward; T_k^i the dynamic
+    temperature (Eq. 10/11), 1 without rewards.
 
     Args:
         scores: [B, n] candidate scores r(x, y^i), the mean token log-prob of each candidate (Eq. 6), ordered best to

@@ -1,7 +1,7 @@
 """The RRHF ranking objective (Yuan et al., 2023, "RRHF: Rank Responses to Align Language Models with Human Feedback").
 
-Like `trl_pro.objectives.pro`, everything here works on already-computed candidate scores; the loss core computes them from
-a model (`trl_pro.loss_core`, with `RRHFObjective`).
+Like `trl_pro.objectives.pro`, everything here works on already-computed candidate scores; the loss core
+computes them from a model (`trl_pro.loss_core`, with `RRHFObjective`).
 
 Two departures from the official code (GanjinZero/RRHF), both deliberate:
 - pairs are formed within the candidates of one prompt; the official code compares candidates across the whole
@@ -47,7 +47,13 @@ def rrhf_loss(
 ) -> torch.Tensor:
     """Per-prompt RRHF rank loss, shape [B] (fp32, or fp64 for fp64 scores), without the SFT term.
 
-    L_rank = sum_{i, j : j preferred to i} max(0, p_i - p_j)
+    Paper: Yuan et al., "RRHF: Rank Responses to Align Language Models with Human Feedback" (NeurIPS 2023),
+    https://arxiv.org/abs/2304.05302
+
+    Formula:
+        L_rank = sum_{i, j : j preferred to i} max(0, p_i - p_j)
+
+    Legend: p_i the length-normalised log-prob of candidate i; "j preferred to i": a higher reward, or listed first.
 
     Args:
         scores: [B, n] candidate scores p_i = (sum of the token log-probs of candidate i) / len_i ** length_penalty,
