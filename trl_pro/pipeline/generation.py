@@ -9,12 +9,17 @@
 - `CandidateSource` + `collect_candidates`: any of these under a name; every candidate records the name of the source
   that produced it; a source that returns fewer candidates than asked is logged with the count; empty generations
   are dropped (and counted) unless `keep_empty=True`.
+- `SOURCE_KINDS`: the registry `trl-pro generate` walks to turn its arguments into a source (a local model,
+  `--base_url`, `--use_vllm`): each `SourceKind` has a name, a predicate saying whether the arguments select it and a
+  builder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +42,8 @@ __all__ = [
     "local_source",
     "openai_source",
     "vllm_source",
+    "SourceKind",
+    "SOURCE_KINDS",
     "collect_candidates",
 ]
 
@@ -135,26 +142,60 @@ def generate_local(
     greedy decoding (`num_generations` must then be 1). Returns one list per prompt, in order.
     """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
 
+    _check_local_settings(num_generations, do_sample, batch_size)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generation_config = _local_generation_config(
+        tokenizer, pad_id, num_generations=num_generations, max_completion_length=max_completion_length,
+        do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
+    )
+    encoded = _encode_prompts(prompts, tokenizer, max_prompt_length)
+    device = next(model.parameters()).device
+    results: list[list[str]] = []
+    with _seeded(seed, device), generation_mode(model), torch.inference_mode():
+        for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress):
+            batch = encoded[start : start + batch_size]
+            input_ids, attention_mask = _left_padded(batch, pad_id)
+            output = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                generation_config=generation_config,
+            )
+            completion_ids = output[:, input_ids.shape[1] :].tolist()
+            results.extend(_decode_completions(completion_ids, len(batch), num_generations, tokenizer))
+    return results
+
+
+def _check_local_settings(num_generations: int, do_sample: bool, batch_size: int) -> None:
+    """Reject settings `generate_local` cannot honour, before any work."""
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}")
     if not do_sample and num_generations > 1:
         raise ValueError("greedy decoding (do_sample=False) gives one completion per prompt; set num_generations=1")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id
+
+
+def _local_generation_config(
+    tokenizer: Any, pad_id: int | None, *, num_generations: int, max_completion_length: int, do_sample: bool,
+    temperature: float, top_p: float, top_k: int | None,
+) -> Any:
+    """The `GenerationConfig` of one `generate_local` call (sampling settings only when sampling)."""
+    from transformers import GenerationConfig
+
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k if top_k else 0) if do_sample else {}
-    generation_config = GenerationConfig(
+    return GenerationConfig(
         max_new_tokens=max_completion_length,
         do_sample=do_sample,
         num_return_sequences=num_generations,
         pad_token_id=pad_id,
-        eos_token_id=eos_id,
+        eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
         **sampling,
     )
+
+
+def _encode_prompts(prompts: Sequence[Any], tokenizer: Any, max_prompt_length: int | None) -> list[list[int]]:
+    """Every prompt's token ids (`_prompt_ids`); a bad or empty prompt raises a `ValueError` naming its row."""
     encoded = []
     for index, prompt in enumerate(prompts):
         try:
@@ -164,34 +205,44 @@ def generate_local(
         if not ids:
             raise ValueError(f"Row {index}, field 'prompt': the prompt is empty after tokenization")
         encoded.append(ids)
-    device = next(model.parameters()).device
-    results: list[list[str]] = []
-    generator_state = contextlib.nullcontext()
-    if seed is not None:
-        generator_state = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-    with generator_state, generation_mode(model), torch.inference_mode():
-        if seed is not None:
-            torch.manual_seed(seed)
-        for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress):
-            batch = encoded[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):  # left padding: every prompt ends where generation starts
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                generation_config=generation_config,
-            )
-            completion_ids = output[:, width:].tolist()
-            for row in range(len(batch)):
-                texts = []
-                for ids in completion_ids[row * num_generations : (row + 1) * num_generations]:
-                    if eos_id is not None and eos_id in ids:
-                        ids = ids[: ids.index(eos_id)]
-                    texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-                results.append(texts)
+    return encoded
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """With a `seed`: the global RNG (and `device`'s, on CUDA) seeded inside, restored after; else nothing."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _left_padded(batch: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`input_ids` and `attention_mask` of a batch, left-padded: every prompt ends where generation starts."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+def _decode_completions(
+    completion_ids: list[list[int]], num_prompts: int, num_generations: int, tokenizer: Any
+) -> list[list[str]]:
+    """The generated ids of a batch as texts, one list of `num_generations` per prompt, each cut at the EOS."""
+    eos_id = tokenizer.eos_token_id
+    results = []
+    for row in range(num_prompts):
+        texts = []
+        for ids in completion_ids[row * num_generations : (row + 1) * num_generations]:
+            if eos_id is not None and eos_id in ids:
+                ids = ids[: ids.index(eos_id)]
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+        results.append(texts)
     return results
 
 
@@ -233,45 +284,61 @@ def generate_openai(
     if client is None:
         client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout)
     retryable = retryable_openai_errors()
+    sampling = dict(max_tokens=max_completion_length, temperature=temperature, top_p=top_p)
     results = []
     for index, prompt in enumerate(tqdm(prompts, desc=f"Generating ({model})", disable=not progress)):
         use_chat = api == "chat" or (api == "auto" and is_messages(prompt))
         if not use_chat and is_messages(prompt):
             raise ValueError(f"Row {index}, field 'prompt': a conversational prompt needs api='chat'")
         messages = (prompt if is_messages(prompt) else split_hh_dialogue(prompt)) if use_chat else None
+        request = functools.partial(_openai_text, client, model, prompt, messages, **sampling)
+        where = functools.partial(_failed_request, base_url or getattr(client, "base_url", ""), prompt, index)
         texts = []
         for _ in range(num_generations):
-            for attempt in range(max_retries + 1):
-                try:
-                    if use_chat:
-                        response = client.chat.completions.create(
-                            model=model, messages=messages, max_tokens=max_completion_length,
-                            temperature=temperature, top_p=top_p,
-                        )
-                        text = response.choices[0].message.content or ""
-                    else:
-                        response = client.completions.create(
-                            model=model, prompt=prompt, max_tokens=max_completion_length,
-                            temperature=temperature, top_p=top_p,
-                        )
-                        text = response.choices[0].text or ""
-                    break
-                except retryable as error:
-                    if attempt == max_retries:
-                        raise RuntimeError(
-                            f"Endpoint {base_url or getattr(client, 'base_url', '')} failed for "
-                            f"{_prompt_label(prompt, index)} after {max_retries + 1} attempts: "
-                            f"{type(error).__name__}: {error}"
-                        ) from error
-                    time.sleep(backoff_seconds * 2**attempt)
-                except openai.OpenAIError as error:
-                    raise RuntimeError(
-                        f"Endpoint {base_url or getattr(client, 'base_url', '')} refused "
-                        f"{_prompt_label(prompt, index)}: {type(error).__name__}: {error}"
-                    ) from error
-            texts.append(text)
+            texts.append(_with_retries(
+                request, retryable=retryable, max_retries=max_retries, backoff_seconds=backoff_seconds, where=where
+            ))
         results.append(texts)
     return results
+
+
+def _openai_text(client: Any, model: str, prompt: Any, messages: list[dict] | None, **sampling: Any) -> str:
+    """One completion's text: from `/chat/completions` when `messages` is given, else from `/completions`."""
+    if messages is not None:
+        response = client.chat.completions.create(model=model, messages=messages, **sampling)
+        return response.choices[0].message.content or ""
+    response = client.completions.create(model=model, prompt=prompt, **sampling)
+    return response.choices[0].text or ""
+
+
+def _failed_request(endpoint: Any, prompt: Any, index: int, verb: str) -> str:
+    """The start of a failed request's message: the endpoint, what happened, and the prompt."""
+    return f"Endpoint {endpoint} {verb} {_prompt_label(prompt, index)}"
+
+
+def _with_retries(
+    request: Callable[[], str],
+    *,
+    retryable: tuple[type[Exception], ...],
+    max_retries: int,
+    backoff_seconds: float,
+    where: Callable[[str], str],
+) -> str:
+    """`request()`, retried with exponential backoff on `retryable` errors; a `RuntimeError` naming the prompt after."""
+    import openai
+
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except retryable as error:
+            if attempt == max_retries:
+                raise RuntimeError(
+                    f"{where('failed for')} after {max_retries + 1} attempts: {type(error).__name__}: {error}"
+                ) from error
+            time.sleep(backoff_seconds * 2**attempt)
+        except openai.OpenAIError as error:
+            raise RuntimeError(f"{where('refused')}: {type(error).__name__}: {error}") from error
+    raise ValueError(f"max_retries must be >= 0, got {max_retries}")  # no attempt was made
 
 
 # ----------------------------------------------------------------------------------------------------------------- vLLM
@@ -352,6 +419,99 @@ def vllm_source(model_name_or_path: str, name: str | None = None, **generate_kwa
         name or f"vllm:{model_name_or_path}",
         lambda prompts, k: generate_vllm(model_name_or_path, prompts, num_generations=k, **generate_kwargs),
     )
+
+
+# --------------------------------------------------------------------------------------------- source kinds (CLI)
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One way to get candidates from command-line arguments (`trl-pro generate`'s `GenerateArguments`, or anything
+    with the same attributes): `selects(args)` says whether the arguments choose it, `check(args)` raises a
+    `ValueError` for what they lack (before any data is read), `build(args, progress)` returns the `CandidateSource`
+    and a seed box (a dict whose "seed" the caller sets before each shard, or None when the source takes no per-shard
+    seed). `flag` and `usage` name it in error messages."""
+
+    name: str
+    flag: str
+    usage: str
+    selects: Callable[[Any], bool]
+    build: Callable[[Any, bool], tuple[CandidateSource, dict[str, int] | None]]
+    check: Callable[[Any], None] = lambda args: None
+
+
+def _sampling_args(args: Any) -> dict[str, Any]:
+    """The sampling settings every source kind takes."""
+    return dict(max_completion_length=args.max_completion_length, temperature=args.temperature, top_p=args.top_p)
+
+
+def _selects_local(args: Any) -> bool:
+    """A model with neither an endpoint nor vLLM: the model itself, through transformers."""
+    return bool(args.model_name_or_path and not args.base_url and not args.use_vllm)
+
+
+def _build_local(args: Any, progress: bool) -> tuple[CandidateSource, dict[str, int]]:
+    """`load_policy` + `generate_local`, seeded from the returned seed box at each call."""
+    from trl_pro.pipeline.models import load_policy
+
+    model, tokenizer = load_policy(
+        args.model_name_or_path, adapter_path=args.adapter_path, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
+        device="cuda" if torch.cuda.is_available() else None, trust_remote_code=args.trust_remote_code,
+    )
+    name = args.source_name or args.model_name_or_path + (f"+{args.adapter_path}" if args.adapter_path else "")
+    sampling = _sampling_args(args)
+    seed_box = {"seed": args.seed}
+
+    def generate(prompts, k):
+        return generate_local(
+            model, tokenizer, prompts, num_generations=k, max_prompt_length=args.max_prompt_length,
+            do_sample=args.do_sample, top_k=args.top_k, batch_size=args.generation_batch_size,
+            seed=seed_box["seed"], progress=progress, **sampling,
+        )
+
+    return CandidateSource(name, generate), seed_box
+
+
+def _check_openai(args: Any) -> None:
+    """An endpoint needs the name of the model it serves."""
+    if not (args.api_model or args.model_name_or_path):
+        raise ValueError("--base_url needs --api_model (the model name the endpoint serves)")
+
+
+def _build_openai(args: Any, progress: bool) -> tuple[CandidateSource, None]:
+    """`openai_source` on `--base_url`, the key read from the environment variable `--api_key_env`."""
+    return openai_source(
+        args.api_model or args.model_name_or_path, name=args.source_name, base_url=args.base_url,
+        api_key=os.environ.get(args.api_key_env), api=args.api, max_retries=args.max_retries, progress=progress,
+        **_sampling_args(args),
+    ), None
+
+
+def _check_vllm(args: Any) -> None:
+    """vLLM needs the model to load."""
+    if not args.model_name_or_path:
+        raise ValueError("--use_vllm needs --model_name_or_path")
+
+
+def _build_vllm(args: Any, progress: bool) -> tuple[CandidateSource, None]:
+    """`vllm_source` on `--model_name_or_path` (GPU only)."""
+    return vllm_source(
+        args.model_name_or_path, name=args.source_name, top_k=args.top_k, seed=args.seed, **_sampling_args(args)
+    ), None
+
+
+#: The candidate source kinds `trl-pro generate` chooses from, in the order its messages name them.
+SOURCE_KINDS: tuple[SourceKind, ...] = (
+    SourceKind("local", "--model_name_or_path", "--model_name_or_path (a local model)", _selects_local, _build_local),
+    SourceKind(
+        "openai", "--base_url", "--base_url with --api_model (an OpenAI-compatible endpoint)",
+        lambda args: bool(args.base_url), _build_openai, _check_openai,
+    ),
+    SourceKind(
+        "vllm", "--use_vllm", "--use_vllm with --model_name_or_path (vLLM in this process, GPU only)",
+        lambda args: bool(args.use_vllm), _build_vllm, _check_vllm,
+    ),
+)
 
 
 def _is_empty(text: Any) -> bool:

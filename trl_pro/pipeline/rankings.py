@@ -141,98 +141,127 @@ def build_rankings(
         raise ValueError(
             f"max_completions must be >= 2 (a ranking needs two candidates) or None, got {max_completions}"
         )
-    merged = []
-    for index, row in enumerate(rows):
-        completions = list(row["completions"])
-        sources = list(row.get("sources") or [DATASET_SOURCE] * len(completions))
-        for completion, source in (generated[index] if generated is not None else ()):
-            completions.append(completion)
-            sources.append(source)
-        scores = row.get("scores")
-        keep = list(range(len(completions)))
-        if drop_duplicates:
-            seen, keep = set(), []
-            for i, completion in enumerate(completions):
-                key = candidate_key(completion)
-                if key in seen:
-                    stats.duplicates_dropped += 1
-                    continue
-                seen.add(key)
-                keep.append(i)
-        num_dataset = sum(1 for i in keep if i < len(row["completions"]))
-        merged.append({
-            "prompt": row["prompt"],
-            "completions": [completions[i] for i in keep],
-            "sources": [sources[i] for i in keep],
-            "scores": None if scores is None else [scores[i] for i in keep if i < len(scores)],
-            "num_dataset": num_dataset,
-        })
-
+    merged = [
+        _merge_candidates(row, generated[index] if generated is not None else (), drop_duplicates, stats)
+        for index, row in enumerate(rows)
+    ]
     if reward_model is not None:
-        flat_prompts, flat_completions, owners = [], [], []
-        for index, row in enumerate(merged):
-            for completion in row["completions"]:
-                flat_prompts.append(row["prompt"])
-                flat_completions.append(completion)
-                owners.append(index)
-        try:
-            flat_scores = score_completions(
-                reward_model, tokenizer, flat_prompts, flat_completions, prompt_format=prompt_format,
-                batch_size=batch_size, max_length=max_length, progress=progress,
-            )
-        except ValueError as error:
-            # name the dataset row, not the flat candidate index
-            message = str(error)
-            if message.startswith("Row "):
-                flat_index = int(message.split()[1].rstrip(":,"))
-                row_index = owners[flat_index]
-                candidate = flat_index - owners.index(row_index)
-                raise ValueError(
-                    f"Row {row_offset + row_index}, candidate {candidate} "
-                    f"(source {merged[row_index]['sources'][candidate]!r}): {message.split(':', 1)[1].strip()}"
-                ) from error
-            raise
-        position = 0
-        for row in merged:
-            row["scores"] = flat_scores[position : position + len(row["completions"])]
-            position += len(row["completions"])
+        _score_merged(
+            merged, reward_model, tokenizer, prompt_format=prompt_format, batch_size=batch_size,
+            max_length=max_length, progress=progress, row_offset=row_offset,
+        )
     else:
-        for index, row in enumerate(merged):
-            if row["scores"] is None or len(row["scores"]) != len(row["completions"]):
-                raise ValueError(
-                    f"Row {row_offset + index}: candidates without scores and no reward model to score them; pass a "
-                    "reward model (--reward_model_name_or_path)"
-                )
+        _check_dataset_scores(merged, row_offset)
+    return [
+        _ranked_row(row, row_offset + index, rerank=rerank, keep_top1=keep_top1, max_completions=max_completions,
+                    stats=stats)
+        for index, row in enumerate(merged)
+    ]
 
-    output = []
+
+def _merge_candidates(
+    row: dict[str, Any], extra: Sequence[tuple[Any, str]], drop_duplicates: bool, stats: RankingStats
+) -> dict[str, Any]:
+    """One row's dataset candidates followed by its generated ones, exact duplicates dropped (first one kept)."""
+    completions = list(row["completions"])
+    sources = list(row.get("sources") or [DATASET_SOURCE] * len(completions))
+    for completion, source in extra:
+        completions.append(completion)
+        sources.append(source)
+    scores = row.get("scores")
+    keep = list(range(len(completions)))
+    if drop_duplicates:
+        seen, keep = set(), []
+        for i, completion in enumerate(completions):
+            key = candidate_key(completion)
+            if key in seen:
+                stats.duplicates_dropped += 1
+                continue
+            seen.add(key)
+            keep.append(i)
+    return {
+        "prompt": row["prompt"],
+        "completions": [completions[i] for i in keep],
+        "sources": [sources[i] for i in keep],
+        "scores": None if scores is None else [scores[i] for i in keep if i < len(scores)],
+        "num_dataset": sum(1 for i in keep if i < len(row["completions"])),
+    }
+
+
+def _score_merged(
+    merged: list[dict[str, Any]], reward_model: Any, tokenizer: Any, *, prompt_format: str, batch_size: int,
+    max_length: int | None, progress: bool, row_offset: int,
+) -> None:
+    """Every merged candidate scored by the reward model in one pass; an error names the dataset row and candidate."""
+    flat_prompts, flat_completions, owners = [], [], []
     for index, row in enumerate(merged):
-        if len(row["completions"]) < 2:
+        for completion in row["completions"]:
+            flat_prompts.append(row["prompt"])
+            flat_completions.append(completion)
+            owners.append(index)
+    try:
+        flat_scores = score_completions(
+            reward_model, tokenizer, flat_prompts, flat_completions, prompt_format=prompt_format,
+            batch_size=batch_size, max_length=max_length, progress=progress,
+        )
+    except ValueError as error:
+        message = str(error)
+        if message.startswith("Row "):  # name the dataset row, not the flat candidate index
+            flat_index = int(message.split()[1].rstrip(":,"))
+            row_index = owners[flat_index]
+            candidate = flat_index - owners.index(row_index)
             raise ValueError(
-                f"Row {row_offset + index}, field 'completions': fewer than 2 distinct candidates "
-                f"({len(row['completions'])}) after dropping duplicates"
+                f"Row {row_offset + row_index}, candidate {candidate} "
+                f"(source {merged[row_index]['sources'][candidate]!r}): {message.split(':', 1)[1].strip()}"
+            ) from error
+        raise
+    position = 0
+    for row in merged:
+        row["scores"] = flat_scores[position : position + len(row["completions"])]
+        position += len(row["completions"])
+
+
+def _check_dataset_scores(merged: list[dict[str, Any]], row_offset: int) -> None:
+    """Without a reward model, every candidate must carry the dataset's score."""
+    for index, row in enumerate(merged):
+        if row["scores"] is None or len(row["scores"]) != len(row["completions"]):
+            raise ValueError(
+                f"Row {row_offset + index}: candidates without scores and no reward model to score them; pass a "
+                "reward model (--reward_model_name_or_path)"
             )
-        order = order_candidates(row["scores"], row["num_dataset"], rerank=rerank, keep_top1=keep_top1)
-        if max_completions is not None and len(order) > max_completions:
-            stats.candidates_capped += len(order) - max_completions
-            order = order[:max_completions]
-        scores = [row["scores"][i] for i in order]
-        lifted = None
-        if keep_top1 and rerank and len(scores) > 1 and scores[0] < max(scores[1:]):
-            lifted = list(scores)
-            # footnote 6: the top-1 stays first; its recorded score is lifted to the best one so that a trainer
-            # sorting by `scores` keeps it there (stable sort), and the dynamic temperature sees a tie, not an inversion
-            scores[0] = max(scores[1:])
-        result = {
-            "prompt": row["prompt"],
-            "completions": [row["completions"][i] for i in order],
-            "scores": scores if rerank else None,
-            "sources": [row["sources"][i] for i in order],
-        }
-        if not rerank:
-            result["rm_scores"] = scores
-        elif lifted is not None:
-            result["rm_scores"] = lifted  # the reward model's own scores, before the top-1 was lifted
-        stats.generated_kept += sum(1 for s in result["sources"] if s != DATASET_SOURCE)
-        stats.rows += 1
-        output.append(result)
-    return output
+
+
+def _ranked_row(
+    row: dict[str, Any], row_number: int, *, rerank: bool, keep_top1: bool, max_completions: int | None,
+    stats: RankingStats,
+) -> dict[str, Any]:
+    """One scored row as an output ranking: ordered (`order_candidates`), capped, with `rm_scores` where needed."""
+    if len(row["completions"]) < 2:
+        raise ValueError(
+            f"Row {row_number}, field 'completions': fewer than 2 distinct candidates "
+            f"({len(row['completions'])}) after dropping duplicates"
+        )
+    order = order_candidates(row["scores"], row["num_dataset"], rerank=rerank, keep_top1=keep_top1)
+    if max_completions is not None and len(order) > max_completions:
+        stats.candidates_capped += len(order) - max_completions
+        order = order[:max_completions]
+    scores = [row["scores"][i] for i in order]
+    lifted = None
+    if keep_top1 and rerank and len(scores) > 1 and scores[0] < max(scores[1:]):
+        lifted = list(scores)
+        # footnote 6: the top-1 stays first; its recorded score is lifted to the best one so that a trainer
+        # sorting by `scores` keeps it there (stable sort), and the dynamic temperature sees a tie, not an inversion
+        scores[0] = max(scores[1:])
+    result = {
+        "prompt": row["prompt"],
+        "completions": [row["completions"][i] for i in order],
+        "scores": scores if rerank else None,
+        "sources": [row["sources"][i] for i in order],
+    }
+    if not rerank:
+        result["rm_scores"] = scores
+    elif lifted is not None:
+        result["rm_scores"] = lifted  # the reward model's own scores, before the top-1 was lifted
+    stats.generated_kept += sum(1 for s in result["sources"] if s != DATASET_SOURCE)
+    stats.rows += 1
+    return result

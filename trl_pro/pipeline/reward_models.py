@@ -321,37 +321,52 @@ def score_completions(
     (`f(prompts=..., completions=..., **kwargs) -> list[float]`), called once per batch. A missing, NaN or infinite
     score raises a `ValueError` naming the row.
     """
-    from tqdm.auto import tqdm
-
     if len(prompts) != len(completions):
         raise ValueError(
             f"got {len(prompts)} prompts and {len(completions)} completions; give one prompt per completion"
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    total = len(prompts)
-    if total == 0:
+    if len(prompts) == 0:
         return []
-    scores: list[float | None] = [None] * total
-
     if not isinstance(reward_model, nn.Module):
         if not callable(reward_model):
             raise ValueError(f"reward_model must be a model or a callable, got {type(reward_model).__name__}")
-        for start in tqdm(range(0, total, batch_size), desc="Scoring", disable=not progress):
-            stop = min(start + batch_size, total)
-            values = list(reward_model(prompts=list(prompts[start:stop]), completions=list(completions[start:stop])))
-            if len(values) != stop - start:
-                raise ValueError(
-                    f"Rows {start}-{stop - 1}: the reward function returned {len(values)} scores for "
-                    f"{stop - start} rows"
-                )
-            for offset, value in enumerate(values):
-                scores[start + offset] = _check_score(value, start + offset)
-        return scores  # type: ignore[return-value]
-
+        return _score_with_function(reward_model, prompts, completions, batch_size, progress)
     if tokenizer is None:
         raise ValueError("a tokenizer is needed to score with a reward model")
     check_single_score(reward_model, getattr(getattr(reward_model, "config", None), "_name_or_path", "reward model"))
+    texts = _render_for_reward_model(reward_model, tokenizer, prompts, completions, prompt_format)
+    encodings = _encode_for_reward_model(reward_model, tokenizer, texts, max_length)
+    return _score_with_model(reward_model, tokenizer, encodings, batch_size, progress)
+
+
+def _score_with_function(
+    reward_fn: Callable[..., Sequence[float]], prompts: Sequence[Any], completions: Sequence[Any], batch_size: int,
+    progress: bool,
+) -> list[float]:
+    """Scores from a TRL-style reward function, called once per batch of `batch_size` rows, each score checked."""
+    from tqdm.auto import tqdm
+
+    total = len(prompts)
+    scores: list[float | None] = [None] * total
+    for start in tqdm(range(0, total, batch_size), desc="Scoring", disable=not progress):
+        stop = min(start + batch_size, total)
+        values = list(reward_fn(prompts=list(prompts[start:stop]), completions=list(completions[start:stop])))
+        if len(values) != stop - start:
+            raise ValueError(
+                f"Rows {start}-{stop - 1}: the reward function returned {len(values)} scores for "
+                f"{stop - start} rows"
+            )
+        for offset, value in enumerate(values):
+            scores[start + offset] = _check_score(value, start + offset)
+    return scores  # type: ignore[return-value]
+
+
+def _render_for_reward_model(
+    reward_model: nn.Module, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], prompt_format: str
+) -> list[str]:
+    """Every (prompt, completion) as the text the reward model reads, each row in its resolved format."""
     texts = []
     for index, (prompt, completion) in enumerate(zip(prompts, completions)):
         row_format = resolve_prompt_format(prompt_format, reward_model, tokenizer, is_messages(prompt))
@@ -359,24 +374,48 @@ def score_completions(
             texts.append(format_for_reward_model(prompt, completion, tokenizer, row_format))
         except (TypeError, AttributeError) as error:
             raise ValueError(f"Row {index}: cannot render prompt/completion for the reward model: {error}") from error
+    return texts
+
+
+def _encode_for_reward_model(
+    reward_model: nn.Module, tokenizer: Any, texts: list[str], max_length: int | None
+) -> list[list[int]]:
+    """Token ids of the rendered texts, cut from the left to the length limit so that the response is kept."""
     limit = _max_length(reward_model, tokenizer, max_length)
     # Special tokens are part of the rendered text (chat template, oasst markers); a BOS is added only by tokenizers
     # that add one themselves, as they did when the reward model was trained.
     encodings = tokenizer(texts, add_special_tokens=True)["input_ids"]
     if limit is not None:
         encodings = [ids[-limit:] for ids in encodings]  # from the left: the response, at the end, is kept
+    return encodings
+
+
+def _right_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`input_ids` and `attention_mask` of a batch, right-padded: the layout TRL's RewardTrainer trains with."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention_mask[r, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def _score_with_model(
+    reward_model: nn.Module, tokenizer: Any, encodings: list[list[int]], batch_size: int, progress: bool
+) -> list[float]:
+    """Scores from a single-score model, in batches of rows of similar length (sorted by length), each checked."""
+    from tqdm.auto import tqdm
+
+    total = len(encodings)
+    scores: list[float | None] = [None] * total
     order = sorted(range(total), key=lambda i: len(encodings[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(reward_model.parameters()).device
     with torch.inference_mode():
         for start in tqdm(range(0, total, batch_size), desc="Scoring", disable=not progress):
             rows = order[start : start + batch_size]
-            width = max(len(encodings[i]) for i in rows)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):  # right padding: the layout TRL's RewardTrainer trains with
-                input_ids[r, : len(encodings[i])] = torch.tensor(encodings[i])
-                attention_mask[r, : len(encodings[i])] = 1
+            input_ids, attention_mask = _right_padded([encodings[i] for i in rows], pad_id)
             logits = reward_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
             if logits.dim() != 2 or logits.shape[-1] != 1:
                 raise ValueError(
@@ -385,5 +424,3 @@ def score_completions(
             for i, value in zip(rows, logits[:, 0].float().tolist()):
                 scores[i] = _check_score(value, i)
     return scores  # type: ignore[return-value]
-
-

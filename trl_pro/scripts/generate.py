@@ -157,54 +157,23 @@ def input_rankings(rows: list[dict], drop_invalid_rows: bool = False) -> list[di
     return dataset_rankings(rows, drop_invalid_rows=drop_invalid_rows)
 
 
-def build_source(args: GenerateArguments, progress: bool):
-    from trl_pro.pipeline import generation
+def select_source(args: GenerateArguments):
+    """The one kind of `generation.SOURCE_KINDS` the arguments select, checked; a `ValueError` if none or several."""
+    from trl_pro.pipeline.generation import SOURCE_KINDS
 
-    chosen = [name for name, on in (("--model_name_or_path", args.model_name_or_path and not args.base_url
-                                     and not args.use_vllm), ("--base_url", args.base_url),
-                                    ("--use_vllm", args.use_vllm)) if on]
+    chosen = [kind for kind in SOURCE_KINDS if kind.selects(args)]
     if not chosen:
-        raise ValueError("no candidate source: give --model_name_or_path (local model), --base_url (OpenAI-compatible "
-                         "endpoint) or --use_vllm with --model_name_or_path")
+        usages = [kind.usage for kind in SOURCE_KINDS]
+        raise ValueError(f"no candidate source: give {', '.join(usages[:-1])} or {usages[-1]}")
     if len(chosen) > 1:
-        raise ValueError(f"give one candidate source per run, got {' and '.join(chosen)}")
-    sampling = dict(max_completion_length=args.max_completion_length, temperature=args.temperature, top_p=args.top_p)
-    if args.base_url:
-        model = args.api_model or args.model_name_or_path
-        if not model:
-            raise ValueError("--base_url needs --api_model (the model name the endpoint serves)")
-        return generation.openai_source(
-            model, name=args.source_name, base_url=args.base_url, api_key=os.environ.get(args.api_key_env),
-            api=args.api, max_retries=args.max_retries, progress=progress, **sampling,
-        ), None
-    if args.use_vllm:
-        if not args.model_name_or_path:
-            raise ValueError("--use_vllm needs --model_name_or_path")
-        return generation.vllm_source(args.model_name_or_path, name=args.source_name, top_k=args.top_k,
-                                      seed=args.seed, **sampling), None
-    from trl_pro.pipeline.models import load_policy
-
-    model, tokenizer = load_policy(
-        args.model_name_or_path, adapter_path=args.adapter_path, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
-        device="cuda" if _cuda() else None, trust_remote_code=args.trust_remote_code,
-    )
-    name = args.source_name or args.model_name_or_path + (f"+{args.adapter_path}" if args.adapter_path else "")
-    seed_box = {"seed": args.seed}
-
-    def generate(prompts, k):
-        return generation.generate_local(
-            model, tokenizer, prompts, num_generations=k, max_prompt_length=args.max_prompt_length,
-            do_sample=args.do_sample, top_k=args.top_k, batch_size=args.generation_batch_size,
-            seed=seed_box["seed"], progress=progress, **sampling,
-        )
-
-    return generation.CandidateSource(name, generate), seed_box
+        raise ValueError(f"give one candidate source per run, got {' and '.join(kind.flag for kind in chosen)}")
+    chosen[0].check(args)
+    return chosen[0]
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def build_source(args: GenerateArguments, progress: bool):
+    """The candidate source the arguments select (`select_source`) and its seed box (None unless per-shard seeded)."""
+    return select_source(args).build(args, progress)
 
 
 def check_data_command(data_args: DataArguments) -> None:
@@ -226,6 +195,7 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
     check_data_command(data_args)
     if args.num_generations < 1:
         raise ValueError(f"--num_generations must be >= 1, got {args.num_generations}")
+    select_source(args)  # a missing or ill-specified source is reported before the data is read
     rows = load_rows(data_args)
     rankings = input_rankings(rows, data_args.drop_invalid_rows)  # validates every row before any generation
     manifest = {"command": "generate", "input": fingerprint(rows), "args": asdict(args)}
