@@ -68,7 +68,7 @@ DEFAULT_TILES = TileConfig()
 # On CPU the torch twin's tiles should stay cache-friendly rather than feed tensor cores
 DEFAULT_CPU_TILES = TileConfig(token_chunk=1024, vocab_chunk=4096)
 
-FUSED_IMPLEMENTATIONS = ("auto", "triton", "torch")
+FUSED_IMPLEMENTATIONS = ("auto", "triton", "torch")  # "auto", then the names of `fused.LOSS_IMPLEMENTATIONS`
 IMPLEMENTATIONS = FUSED_IMPLEMENTATIONS + ("trl",)  # "trl": the baseline, through `ranking_loss_from_hidden` only
 
 

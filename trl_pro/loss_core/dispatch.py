@@ -3,12 +3,14 @@
 `ranking_loss_from_hidden` is what the trainer calls; `objective` picks the training method (PRO by default, RRHF with
 `trl_pro.objectives.rrhf.RRHFObjective`). `implementation`:
 - "auto": the fused Triton kernels for CUDA tensors when Triton imports, the torch twin otherwise;
-- "triton": the fused Triton kernels (`fused_ranking_loss.py`); on CPU only under `TRITON_INTERPRET=1`;
-- "torch": the torch twin of the same chunked algorithm (`torch_twin.py`), the CPU path;
+- "triton": the fused Triton kernels (`fused.py`, `triton/`); on CPU only under `TRITON_INTERPRET=1`;
+- "torch": the torch twin of the same chunked algorithm (`torch_path.py`), the CPU path;
 - "trl": baseline, TRL's `ChunkedLogProbFunction` for the token log-probs + the objective's torch definition
   (autograd).
 All of them give the same loss and gradients up to floating-point summation order.
 """
+
+import functools
 
 import torch
 
@@ -110,25 +112,45 @@ def ranking_loss_from_hidden(
     A scale is folded into the hidden states and the bias (the head is linear), so every implementation takes it;
     softcapping is not linear, and goes through TRL's chunked log-prob kernel, which applies it per tile.
     """
-    loss_kwargs = dict(
+    for dispatch in _DISPATCHERS:
+        loss = dispatch(implementation, logit_scale, final_logit_softcapping)
+        if loss is not None:
+            break
+    return loss(
+        hidden,
+        weight,
+        bias,
+        targets,
+        layout,
+        rewards,
         sft_weight=sft_weight,
         sft_loss_reduction=sft_loss_reduction,
         rank_loss_terms=rank_loss_terms,
         objective=objective,
     )
-    if implementation == "trl" or final_logit_softcapping is not None:
-        return trl_ranking_loss_from_hidden(
-            hidden,
-            weight,
-            bias,
-            targets,
-            layout,
-            rewards,
-            final_logit_softcapping=final_logit_softcapping,
-            logit_scale=logit_scale,
-            **loss_kwargs,
-        )
-    if logit_scale != 1.0:
-        hidden = hidden * logit_scale
-        bias = None if bias is None else bias * logit_scale
-    return fused_ranking_loss(hidden, weight, bias, targets, layout, rewards, implementation=implementation, **loss_kwargs)
+
+
+def _dispatch_trl(implementation: str, logit_scale: float, final_logit_softcapping: float | None):
+    """The "trl" baseline; also every softcapped head: TRL's chunked kernel applies it per tile, the fused core not."""
+    if implementation != "trl" and final_logit_softcapping is None:
+        return None
+    return functools.partial(
+        trl_ranking_loss_from_hidden, final_logit_softcapping=final_logit_softcapping, logit_scale=logit_scale
+    )
+
+
+def _dispatch_fused(implementation: str, logit_scale: float, final_logit_softcapping: float | None):
+    """The fused core ("auto", "triton", "torch"; `fused_ranking_loss` checks the name), the logit scale folded in."""
+
+    def loss(hidden, weight, bias, *args, **kwargs):
+        # The head is linear: scaling its inputs scales the logits
+        if logit_scale != 1.0:
+            hidden = hidden * logit_scale
+            bias = None if bias is None else bias * logit_scale
+        return fused_ranking_loss(hidden, weight, bias, *args, implementation=implementation, **kwargs)
+
+    return loss
+
+
+# Consulted in order, as PEFT's LoRA dispatchers: the first that returns a loss function computes the loss
+_DISPATCHERS = (_dispatch_trl, _dispatch_fused)

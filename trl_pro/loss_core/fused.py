@@ -25,6 +25,8 @@ O(tokens), never O(tokens x vocab). The largest temporary is one [token_chunk, v
 
 import contextlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -44,23 +46,85 @@ from trl_pro.objectives.base import RankingObjective
 from trl_pro.objectives.pro import PROObjective
 
 
-def _ops(implementation: str):
-    """The (token_forward, token_backward) functions of "triton" or "torch"; imports lazily."""
-    if implementation == "triton":
-        from trl_pro.loss_core.triton import token_logprob
+def _triton_token_ops():
+    from trl_pro.loss_core.triton import token_logprob
 
-        return token_logprob.token_forward, token_logprob.token_backward
+    return token_logprob.token_forward, token_logprob.token_backward
+
+
+def _torch_token_ops():
     from trl_pro.loss_core import torch_path
 
     return torch_path.token_forward, torch_path.token_backward
 
 
+def _triton_pro_ranking():
+    from trl_pro.loss_core.triton import pro_ranking
+
+    return pro_ranking.ranking_forward
+
+
+def _triton_unavailable(device: torch.device) -> Exception | None:
+    if not triton_importable():
+        return ImportError(
+            "implementation='triton' needs the optional dependency Triton (`pip install triton`); "
+            "use implementation='torch' or 'auto' without it."
+        )
+    if device.type != "cuda" and not triton_kernels_interpreted():
+        return RuntimeError(
+            f"implementation='triton' got {device.type} tensors: the Triton kernels run on CUDA, or on CPU under "
+            "the Triton interpreter, which needs TRITON_INTERPRET=1 in the environment before trl_pro's kernels "
+            "are first imported (e.g. `TRITON_INTERPRET=1 python ...`). Use implementation='torch' (or 'auto') "
+            "on CPU."
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class LossImplementation:
+    """One token-level implementation of the fused loss core, an entry of `LOSS_IMPLEMENTATIONS`.
+
+    Attributes:
+        name: its `implementation` value.
+        auto: whether "auto" picks it for tensors on a device; "auto" takes the first entry that says yes.
+        unavailable: the error an explicit request raises when it cannot run on a device, or None.
+        token_ops: (token_forward, token_backward), imported on first use so that Triton stays optional.
+        pro_ranking: PRO's fused ranking-level kernel (imported on first use), or None: the objective's torch
+            definition with autograd's gradient (`torch_path.ranking_forward`).
+    """
+
+    name: str
+    auto: Callable[[torch.device], bool]
+    unavailable: Callable[[torch.device], Exception | None]
+    token_ops: Callable[[], tuple[Callable, Callable]]
+    pro_ranking: Callable[[], Callable] | None = None
+
+
+# Consulted in order, as PEFT's LoRA dispatchers: "auto" takes Triton on CUDA when it imports, else the torch twin.
+# Under the interpreter Triton also runs on CPU, but "auto" never picks it there: that is for tests, and slow.
+LOSS_IMPLEMENTATIONS = (
+    LossImplementation(
+        "triton",
+        auto=lambda device: device.type == "cuda" and triton_importable(),
+        unavailable=_triton_unavailable,
+        token_ops=_triton_token_ops,
+        pro_ranking=_triton_pro_ranking,
+    ),
+    LossImplementation("torch", auto=lambda device: True, unavailable=lambda device: None, token_ops=_torch_token_ops),
+)
+_BY_NAME = {entry.name: entry for entry in LOSS_IMPLEMENTATIONS}
+
+
+def _ops(implementation: str):
+    """The (token_forward, token_backward) functions of "triton" or "torch"; imports lazily."""
+    return _BY_NAME[implementation].token_ops()
+
+
 def _ranking_forward(implementation, objective, sums, layout, rewards, sft_weight, n_max):
     """(scores, terms, per-prompt loss, sft_nll, d mean-loss / d sums): the Triton kernel for PRO, autograd otherwise."""
-    if implementation == "triton" and type(objective) is PROObjective:
-        from trl_pro.loss_core.triton import pro_ranking
-
-        return pro_ranking.ranking_forward(
+    pro_ranking = _BY_NAME[implementation].pro_ranking
+    if pro_ranking is not None and type(objective) is PROObjective:
+        return pro_ranking()(
             sums,
             layout.token_offsets,
             layout.ranking_offsets,
@@ -114,20 +178,10 @@ def resolve_implementation(implementation: str, device: torch.device) -> str:
             raise ValueError(f"implementation={implementation!r} is only available through `ranking_loss_from_hidden`.")
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
     if implementation == "auto":
-        return "triton" if device.type == "cuda" and triton_importable() else "torch"
-    if implementation == "triton":
-        if not triton_importable():
-            raise ImportError(
-                "implementation='triton' needs the optional dependency Triton (`pip install triton`); "
-                "use implementation='torch' or 'auto' without it."
-            )
-        if device.type != "cuda" and not triton_kernels_interpreted():
-            raise RuntimeError(
-                f"implementation='triton' got {device.type} tensors: the Triton kernels run on CUDA, or on CPU under "
-                "the Triton interpreter, which needs TRITON_INTERPRET=1 in the environment before trl_pro's kernels "
-                "are first imported (e.g. `TRITON_INTERPRET=1 python ...`). Use implementation='torch' (or 'auto') "
-                "on CPU."
-            )
+        return next(entry.name for entry in LOSS_IMPLEMENTATIONS if entry.auto(device))
+    error = _BY_NAME[implementation].unavailable(device)
+    if error is not None:
+        raise error
     return implementation
 
 

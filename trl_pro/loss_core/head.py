@@ -7,10 +7,12 @@ forward (they hook parameters there), and PEFT models pass the extra keyword str
 import functools
 import sys
 
+import torch
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from trl_pro.data.collator import PADDING, PROMPT
 from trl_pro.data.layout import RankingLayout
 from trl_pro.loss_core import shared_prompt
 from trl_pro.loss_core.dispatch import ranking_loss_from_hidden
@@ -68,7 +70,7 @@ def add_ranking_loss_head(model: PreTrainedModel) -> None:
     `rewards` ([C] or None) and the keyword arguments of `ranking_loss_from_hidden` (`sft_weight`, ...). Without
     `ranking_inputs`, the forward is the original one, so generation is unchanged. The model's logit scale and
     softcapping (`logit_transform`) are applied as TRL's fused LM head applies them. With `output_router_logits=True`,
-    a mixture-of-experts model also returns its unweighted load-balancing loss as `aux_loss`.
+    a mixture-of-experts model also returns its unweighted load-balancing loss as `aux_loss` (equal in both layouts).
     """
     logit_scale, final_logit_softcapping = logit_transform(model)
     original_forward = model.forward
@@ -80,7 +82,11 @@ def add_ranking_loss_head(model: PreTrainedModel) -> None:
         kwargs["use_cache"] = False
         # Shared-prompt layout (one row per ranking): its 4D mask / BlockMask and position ids replace the 2D mask
         segment_ids = ranking_inputs.get("segment_ids")
+        layout: RankingLayout = ranking_inputs["layout"]
+        # The load-balancing loss takes a per-token [B, L] mask, never the 4D mask / BlockMask that replaces it here
+        router_mask = kwargs.get("attention_mask")
         if segment_ids is not None:
+            router_mask = _router_token_weights(segment_ids, layout)
             backend = shared_prompt.attention_implementation(self)
             kwargs.update(shared_prompt.model_inputs(segment_ids, backend, self.get_input_embeddings().weight.dtype))
         # The backbone and the head are looked up on each call, since FSDP and PEFT replace them after patching
@@ -104,7 +110,6 @@ def add_ranking_loss_head(model: PreTrainedModel) -> None:
         if isinstance(weight, DTensor):
             weight = weight.full_tensor()
             bias = None if bias is None else bias.full_tensor()
-        layout: RankingLayout = ranking_inputs["layout"]
         not_loss_kwargs = ("completion_mask", "layout", "rewards", "segment_ids")
         loss_kwargs = {k: v for k, v in ranking_inputs.items() if k not in not_loss_kwargs}
         loss_kwargs.update(logit_scale=logit_scale, final_logit_softcapping=final_logit_softcapping)
@@ -120,14 +125,29 @@ def add_ranking_loss_head(model: PreTrainedModel) -> None:
                 **loss_kwargs,
             )
         if kwargs.get("output_router_logits"):
-            output.aux_loss = _router_aux_loss(self, backbone_output.router_logits, kwargs.get("attention_mask"))
+            output.aux_loss = _router_aux_loss(self, backbone_output.router_logits, router_mask)
         return output
 
     model.forward = forward.__get__(model)
 
 
+def _router_token_weights(segment_ids: torch.Tensor, layout: RankingLayout) -> torch.Tensor:
+    """[B, L] weight of each position of packed rows in the router's load-balancing loss: 0 on padding, 1 on a
+    candidate token, the ranking's number of candidates on a prompt token.
+
+    The plain layout routes each prompt once per candidate; weighing the shared prompt by that count gives the same
+    load-balancing loss (and gradient) as the plain layout, like the ranking loss.
+    """
+    num_candidates = layout.ranking_lengths().to(segment_ids.device)[:, None]
+    return torch.where(segment_ids == PROMPT, num_candidates, (segment_ids != PADDING).long())
+
+
 def _router_aux_loss(model: PreTrainedModel, router_logits, attention_mask):
-    """Load-balancing loss of a mixture-of-experts model, computed as its own causal-LM forward does (unweighted)."""
+    """Load-balancing loss of a mixture-of-experts model, computed as its own causal-LM forward does (unweighted).
+
+    `attention_mask` is the [B, L] per-token mask (or weights) of the rows the router saw, not the 4D mask or
+    BlockMask of the shared-prompt layout.
+    """
     load_balancing_loss_func = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
     text_config = model.config.get_text_config()
     num_experts = getattr(text_config, "num_local_experts", None) or getattr(text_config, "num_experts", None)
