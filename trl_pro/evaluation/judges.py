@@ -7,9 +7,12 @@
 - Every pair is judged twice, once in each order (Wang et al. 2023, as the paper does), and the two runs are averaged:
   each run weighs one half of the pair.
 - Judges: an OpenAI-compatible endpoint through the `openai` client (GPT-4-class APIs, vLLM, `transformers serve`),
-  or a local causal LM through transformers. Every answer is cached on disk (`judgments.jsonl`, keyed by judge model
-  and prompt), so a rerun pays nothing twice and an interrupted run resumes. A failing endpoint is retried a bounded
-  number of times with exponential backoff, then a `JudgeError` names the pair; the answers cached so far are kept.
+  or a local causal LM through transformers. Every answer is cached on disk (`judgments.jsonl`), keyed by the judge's
+  `cache_identity` (its model and whatever else changes the answer: endpoint, token limit, ...) and the prompts, so a
+  rerun pays nothing twice, an interrupted run resumes, and another judge's answers are never taken for this one's.
+  An endpoint error a retry can cure (connection, time-out, 429, 5xx) is retried a bounded number of times with
+  exponential backoff; any other (400, 401, ...) fails at once. Then a `JudgeError` names the pair; the answers cached
+  so far are kept.
 - Human evaluation: `export_human_sheet` writes a blind A/B CSV (the order of each pair drawn with a seed, recorded
   in a separate key file) and `import_human_labels` turns the filled-in labels into the same table.
 """
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trl_pro.evaluation.test_data import EvalExample
+from trl_pro.utils.cache import content_key, model_identity
 from trl_pro.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_cache
 
 
@@ -95,9 +99,12 @@ def outcome(verdict: str | None, first_is_a: bool) -> str:
 class OpenAIJudge:
     """A judge behind an OpenAI-compatible chat-completions endpoint (`openai` client).
 
-    Greedy (`temperature=0`). Each request is tried `1 + max_retries` times, waiting `backoff * 2**attempt` seconds
-    between tries; then a `JudgeError` is raised.
+    Greedy (`temperature=0`). A request that fails in a way a retry can cure (`retryable_openai_errors`: connection
+    errors, time-outs, 429, 5xx) is tried `1 + max_retries` times, waiting `backoff * 2**attempt` seconds between
+    tries; any other error (400, 401, 403, 404, 422, a malformed reply) raises a `JudgeError` at once.
     """
+
+    temperature = 0.0
 
     def __init__(
         self,
@@ -126,12 +133,26 @@ class OpenAIJudge:
     def name(self) -> str:
         return f"openai:{self.model}"
 
+    @property
+    def cache_identity(self) -> dict:
+        """What the answers depend on (the cache key of each one): model, endpoint, sampling and token limit, and how
+        the messages are laid out. Not the API key or the retry settings."""
+        return {"judge": "openai", "model": self.model, "base_url": str(self.client.base_url),
+                "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "system_prompt_in_user": self.system_prompt_in_user}
+
     def _messages(self, system_prompt: str, user_prompt: str) -> list[dict]:
         if self.system_prompt_in_user:
             return [{"role": "user", "content": system_prompt + "\n\n" + user_prompt}]
         return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}]
 
     def complete(self, system_prompt: str, user_prompt: str) -> str:
+        import openai
+
+        from trl_pro.pipeline.generation import retryable_openai_errors
+
+        retryable = retryable_openai_errors()
+        where = self.base_url or "the OpenAI API"
         error = None
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -141,15 +162,25 @@ class OpenAIJudge:
                 response = self.client.chat.completions.create(
                     model=self.model,
                     messages=self._messages(system_prompt, user_prompt),
-                    temperature=0.0,
+                    temperature=self.temperature,
                     max_tokens=self.max_tokens,
                 )
-                return response.choices[0].message.content or ""
-            except Exception as caught:  # connection errors, 5xx, rate limits, malformed replies: all retried
+            except retryable as caught:
                 error = caught
-        where = self.base_url or "the OpenAI API"
-        raise JudgeError(f"{where} failed {self.max_retries + 1} times (last: {type(error).__name__}: "
-                         f"{' '.join(str(error).split())[:200]})")
+                continue
+            except openai.OpenAIError as caught:  # 400, 401, 403, 404, 422: the same request fails the same way
+                status = getattr(caught, "status_code", None)
+                raise JudgeError(f"{where} refused the request{f' (HTTP {status})' if status else ''}, not retried: "
+                                 f"{_describe(caught)}") from caught
+            try:
+                return response.choices[0].message.content or ""
+            except (AttributeError, IndexError, TypeError) as caught:
+                raise JudgeError(f"{where} sent a reply without a message, not retried: {_describe(caught)}") from caught
+        raise JudgeError(f"{where} failed {self.max_retries + 1} times (last: {_describe(error)})")
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
 class LocalJudge:
@@ -164,12 +195,20 @@ class LocalJudge:
             model, tokenizer = load_policy(model_name_or_path, dtype=dtype, device=device,
                                            trust_remote_code=trust_remote_code)
         self.model, self.tokenizer = model, tokenizer
-        self.model_name_or_path, self.max_new_tokens = model_name_or_path, max_new_tokens
+        self.model_name_or_path, self.max_new_tokens, self.dtype = model_name_or_path, max_new_tokens, dtype
         self.num_requests = 0
 
     @property
     def name(self) -> str:
         return f"local:{self.model_name_or_path}"
+
+    @property
+    def cache_identity(self) -> dict:
+        """What the answers depend on (the cache key of each one): the model (its weights, see `model_identity`, and
+        dtype), the token limit and the chat template the prompts are rendered with."""
+        return {"judge": "local", "model": model_identity(self.model_name_or_path, dtype=self.dtype),
+                "max_new_tokens": self.max_new_tokens,
+                "chat_template": content_key(getattr(self.tokenizer, "chat_template", None))}
 
     def _render(self, system_prompt: str, user_prompt: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -239,32 +278,36 @@ def read_responses_with_subsets(path: str | os.PathLike) -> tuple[dict[str, str]
     return responses, subsets
 
 
-def _cache_key(judge_name: str, system_prompt: str, user_prompt: str) -> str:
-    return hashlib.sha256("\0".join((judge_name, system_prompt, user_prompt)).encode()).hexdigest()
+def judgment_key(judge_identity: dict, system_prompt: str, user_prompt: str) -> str:
+    """The cache key of one answer: the judge's `cache_identity` and the prompts."""
+    return content_key([judge_identity, system_prompt, user_prompt])
 
 
 def judge_pairs(judge, pairs: Sequence[Pair], output_dir: str | os.PathLike, *, progress: bool = True) -> list[dict]:
     """Judge every pair in both orders; returns one record per judgment (`pair`, `subset`, `order` "first-as-A" or
-    "first-as-B", `verdict`, `outcome` for the first system). Answers are cached in `output_dir/judgments.jsonl`;
-    cached ones are not asked again. A `JudgeError` is re-raised naming the pair (the cache keeps what was done)."""
+    "first-as-B", `verdict`, `outcome` for the first system). Answers are cached in `output_dir/judgments.jsonl`, each
+    keyed by `judgment_key` (the judge's `cache_identity` and the prompts): an answer cached by this judge is not asked
+    again; one of another judge (another model, endpoint or token limit) is no hit. A `JudgeError` is re-raised
+    naming the pair (the cache keeps what was done)."""
     from tqdm.auto import tqdm
 
     cache_path = Path(output_dir) / JUDGMENTS_FILE
     cached = {row["key"]: row["output"] for row in read_jsonl_cache(cache_path)}
+    identity = judge.cache_identity  # computed once: a local judge fingerprints its weight files
     records = []
     jobs = [(index, pair, first_is_a) for index, pair in enumerate(pairs) for first_is_a in (True, False)]
     bar = tqdm(jobs, desc=f"judging ({judge.name})", disable=not progress, unit="judgment")
     for index, pair, first_is_a in bar:
         a, b = (pair.first, pair.second) if first_is_a else (pair.second, pair.first)
         user_prompt = judge_prompt(pair.prompt, a, b)
-        key = _cache_key(judge.name, JUDGE_SYSTEM_PROMPT, user_prompt)
+        key = judgment_key(identity, JUDGE_SYSTEM_PROMPT, user_prompt)
         if key not in cached:
             try:
                 answer = judge.complete(JUDGE_SYSTEM_PROMPT, user_prompt)
             except JudgeError as error:
                 order = "first system as A" if first_is_a else "first system as B"
                 raise JudgeError(f"pair {index} (subset {pair.subset}, {order}, prompt "
-                                 f"{' '.join(pair.prompt.split())[-60:]!r}): {error}; the {len(cached)} judgments "
+                                 f"{' '.join(pair.prompt.split())[-60:]!r}): {error}; the {len(records)} judgments "
                                  f"done are cached in {cache_path}") from None
             append_jsonl(cache_path, [{"key": key, "judge": judge.name, "output": answer}])
             cached[key] = answer

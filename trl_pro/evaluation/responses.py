@@ -1,5 +1,6 @@
 """Generating the responses of a system for evaluation, with the authors' settings (greedy, 128 new tokens, prompts
-left-truncated to 384 tokens), cached on disk by what determines them."""
+left-truncated to 384 tokens), resumable from an on-disk cache (`trl_pro.evaluation.systems` keys it on the model and
+these settings)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,7 @@ from trl_pro.utils.io import append_jsonl, read_jsonl_cache
 
 #: The authors' generation settings.
 MAX_NEW_TOKENS = 128
-
-
 MAX_PROMPT_LENGTH = 512 - 128
-
-
-#: Built-in model name (random tiny Llama with the shipped tokenizer), as in `trl-pro pro`.
 
 
 def generate_responses(
@@ -38,7 +34,9 @@ def generate_responses(
     cut with `cut_response`.
 
     Prompts are batched by length (less padding). With `cache_path`, each finished batch is appended to that file, and
-    prompts found there are not generated again: an interrupted run resumes where it stopped.
+    prompts found there are not generated again: an interrupted run resumes where it stopped. The file is trusted to
+    hold this model's responses with these settings: keep it with a `trl_pro.utils.cache.KeyedCache` (as
+    `trl_pro.evaluation.systems.system_responses` does), which empties it when they change.
     """
     from tqdm.auto import tqdm
 

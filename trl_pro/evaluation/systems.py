@@ -19,7 +19,6 @@ corpus BLEU on 13a-tokenized words, is 0-100 already).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -38,7 +37,8 @@ from trl_pro.evaluation.test_data import (
     unique_prompts,
 )
 from trl_pro.pipeline.models import TINY_LLAMA, load_policy
-from trl_pro.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_cache, write_jsonl
+from trl_pro.utils.cache import KeyedCache, model_identity
+from trl_pro.utils.io import atomic_write_json, atomic_write_text, write_jsonl
 
 
 #: File name of a comparison folder's manifest: `{"systems": [{"name", "path", "prompt_suffix"}, ...]}`.
@@ -108,12 +108,25 @@ def read_comparison_folder(folder: str | os.PathLike) -> list[System]:
     return systems
 
 
-def _settings_key(system: System, max_new_tokens: int, max_prompt_length: int, seed: int) -> dict:
-    settings = {"path": str(system.path), "prompt_suffix": system.prompt_suffix, "max_new_tokens": max_new_tokens,
-                "max_prompt_length": max_prompt_length}
-    if system.path == TINY_LLAMA:
-        settings["seed"] = seed
-    return settings
+def responses_cache_key(
+    system: System, *, max_new_tokens: int, max_prompt_length: int, dtype: str | None = None,
+    load_in_4bit: bool = False, seed: int = 0,
+) -> dict:
+    """What a model system's responses depend on: the model (its weights, see `model_identity`, and how it is
+    loaded) and the generation settings."""
+    loading = {"dtype": dtype, "load_in_4bit": load_in_4bit}
+    if system.path == TINY_LLAMA:  # built, not loaded: the seed is its weights
+        loading["seed"] = seed
+    return {"model": model_identity(system.path, **loading), "prompt_suffix": system.prompt_suffix,
+            "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length}
+
+
+def reward_cache_key(
+    reward_model_name_or_path: str, *, prompt_format: str, dtype: str | None = None, load_in_4bit: bool = False
+) -> dict:
+    """What reward scores depend on: the reward model (weights and loading) and the prompt format."""
+    return {"model": model_identity(reward_model_name_or_path, dtype=dtype, load_in_4bit=load_in_4bit),
+            "prompt_format": prompt_format}
 
 
 def system_responses(
@@ -134,43 +147,33 @@ def system_responses(
     """A system's `{prompt: response}` on the test prompts, written to `<output_dir>/responses/<name>.jsonl`.
 
     A responses file is read and checked (every test prompt, no other). A model generates; its batches are cached in
-    `<output_dir>/cache/<name>.jsonl` (with the settings in `<name>.settings.json`, which must match on a rerun), so
-    an interrupted run resumes and a finished one is not generated again.
+    `<output_dir>/cache/<name>.jsonl`, keyed on the model's weights and the generation settings
+    (`responses_cache_key`), so an interrupted run resumes, a finished one is not generated again, and responses of
+    another model or other settings (a model retrained into the same folder) are logged as stale and regenerated.
     """
     output_dir = Path(output_dir)
     prompts = unique_prompts(test_data)
     if system.kind == "responses":
         responses = read_responses_file(system.path, prompts)
     else:
-        cache = output_dir / "cache" / f"{system.name}.jsonl"
-        settings_path = output_dir / "cache" / f"{system.name}.settings.json"
-        settings = _settings_key(system, max_new_tokens, max_prompt_length, seed)
-        if settings_path.exists():
-            previous = json.loads(settings_path.read_text())
-            if previous != settings:
-                changed = [k for k in settings if previous.get(k) != settings[k]]
-                raise ValueError(f"system '{system.name}': {output_dir} holds responses generated with other "
-                                 f"settings ({', '.join(changed)} differ); use another --output_dir or delete "
-                                 f"{cache}")
-        cached = {row["prompt"]: row["response"] for row in read_jsonl_cache(cache)}
+        key = responses_cache_key(system, max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
+                                  dtype=dtype, load_in_4bit=load_in_4bit, seed=seed)
+        cache = KeyedCache(output_dir / "cache" / f"{system.name}.jsonl", key,
+                           what=f"responses of system '{system.name}'")
+        cached = {row["prompt"]: row["response"] for row in cache.rows()}
         if all(prompt in cached for prompt in prompts):  # finished before: nothing to load or generate
             responses = {prompt: cached[prompt] for prompt in prompts}
         else:
-            atomic_write_json(settings_path, settings)
             model, tokenizer = load_policy(system.path, load_in_4bit=load_in_4bit, dtype=dtype, device=device,
                                            trust_remote_code=trust_remote_code, seed=seed)
             responses = generate_responses(
                 model, tokenizer, prompts, prompt_suffix=system.prompt_suffix, max_new_tokens=max_new_tokens,
-                max_prompt_length=max_prompt_length, batch_size=batch_size, cache_path=cache, progress=progress,
+                max_prompt_length=max_prompt_length, batch_size=batch_size, cache_path=cache.path, progress=progress,
                 desc=f"generating ({system.name})",
             )
             del model
     write_jsonl(output_dir / "responses" / f"{system.name}.jsonl", responses_rows(test_data, responses))
     return responses
-
-
-def _reward_cache_key(reward_model_name_or_path: str, prompt_format: str) -> str:
-    return hashlib.sha256(f"{reward_model_name_or_path}\0{prompt_format}".encode()).hexdigest()[:16]
 
 
 def evaluate_systems(
@@ -195,7 +198,8 @@ def evaluate_systems(
 ) -> dict[str, dict[str, dict]]:
     """Evaluate every system; writes results.json, results.md, results.png and one responses file per system in
     `output_dir` (all atomically) and returns the results. Generated responses and reward scores are cached under
-    `output_dir/cache`, so a rerun (or a resumed run) redoes nothing."""
+    `output_dir/cache`, keyed on the models' weights and the settings (`responses_cache_key`, `reward_cache_key`):
+    a rerun (or a resumed run) redoes nothing, and a stale cache is logged and recomputed, never reused."""
     if not systems:
         raise ValueError("no system to evaluate: give --system NAME=PATH (or a comparison folder)")
     names = [system.name for system in systems]
@@ -212,14 +216,16 @@ def evaluate_systems(
             trust_remote_code=trust_remote_code, seed=seed, progress=progress,
         )
 
-    all_rewards: dict[str, dict[str, float] | None] = {name: None for name in names}
+    all_rewards: dict[str, dict[str, float] | None] = dict.fromkeys(names)
     if reward_model_name_or_path:
-        key = _reward_cache_key(reward_model_name_or_path, reward_prompt_format)
+        key = reward_cache_key(reward_model_name_or_path, prompt_format=reward_prompt_format, dtype=dtype,
+                               load_in_4bit=reward_load_in_4bit)
         reward_model = tokenizer = None
         for system in systems:
             responses = all_responses[system.name]
-            cache = output_dir / "cache" / f"{system.name}.rewards-{key}.jsonl"
-            scored = {(row["prompt"], row["response"]): row["score"] for row in read_jsonl_cache(cache)}
+            cache = KeyedCache(output_dir / "cache" / f"{system.name}.rewards.jsonl", key,
+                               what=f"reward scores of system '{system.name}'")
+            scored = {(row["prompt"], row["response"]): row["score"] for row in cache.rows()}
             todo = [(p, r) for p, r in responses.items() if (p, r) not in scored]
             if todo:
                 if reward_model is None:
@@ -233,7 +239,7 @@ def evaluate_systems(
                 scores = reward_scores(reward_model, tokenizer, [p for p, _ in todo], [r for _, r in todo],
                                        prompt_format=reward_prompt_format, batch_size=reward_batch_size,
                                        progress=progress)
-                append_jsonl(cache, [{"prompt": p, "response": r, "score": s} for (p, r), s in zip(todo, scores)])
+                cache.append([{"prompt": p, "response": r, "score": s} for (p, r), s in zip(todo, scores)])
                 scored.update(zip(todo, scores))
             all_rewards[system.name] = {p: scored[(p, r)] for p, r in responses.items()}
 
