@@ -22,12 +22,16 @@ preferred candidate from the least preferred"). Choices made here:
 The CoH view (`coh_rows`, written by `python -m trl_pro.scripts.prepare_data` as `coh`) keeps the text, one row per
 sequence: `prompt`, `segments` (feedback phrases and answers, in order) and `segment_is_answer`. `tokenize_coh` turns a
 row into `input_ids` + `completion_mask` (1 on answer tokens), a pre-tokenized dataset that `SFTTrainer` trains on with
-`completion_only_loss=True` (its labels are -100 wherever `completion_mask` is 0).
+`completion_only_loss=True` (its labels are -100 wherever `completion_mask` is 0). The prompt is tokenized as `trl-pro
+eval` tokenizes it (the tokenizer's leading special tokens, LLaMA's BOS, kept by the left truncation), so that a CoH
+model is evaluated on inputs like its training sequences.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from trl_pro.data.tokenization import token_ids, truncate_prompt
 
 
 #: Phrase that introduces the preferred answer; end an inference prompt with it (`coh_prompt`).
@@ -108,6 +112,24 @@ def coh_rows(dataset, num_proc: int | None = None):
     )
 
 
+def coh_prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None) -> list[int]:
+    """Token ids of a CoH row's prompt: as evaluation and generation tokenize a prompt (`token_ids`, with the special
+    tokens the tokenizer puts first, e.g. LLaMA's BOS), cut from the left to `max_prompt_length` tokens (None: not
+    cut) by `truncate_prompt`, which keeps those leading special tokens. A special token the tokenizer appends (an
+    EOS) is left out: the feedback phrase, not the end of the sequence, follows the prompt."""
+    ids = token_ids(tokenizer, prompt)
+    # what the tokenizer appends, from a probe tokenized with and without special tokens (as truncate_prompt finds
+    # what it puts first)
+    probe, plain = tokenizer(text="a")["input_ids"], tokenizer(text="a", add_special_tokens=False)["input_ids"]
+    appended = next((probe[start + len(plain) :] for start in range(len(probe) - len(plain) + 1)
+                     if probe[start : start + len(plain)] == plain), [])
+    if appended and ids[-len(appended) :] == appended:
+        ids = ids[: -len(appended)]
+    if max_prompt_length is None:
+        return ids
+    return truncate_prompt(tokenizer, ids, max(max_prompt_length, 0))
+
+
 def tokenize_coh(
     example: dict[str, Any],
     tokenizer,
@@ -116,16 +138,15 @@ def tokenize_coh(
     index: int = 0,
 ) -> dict[str, list[int]]:
     """`input_ids` and `completion_mask` (1 on answer tokens and their EOS, 0 on the prompt and feedback phrases) of
-    one CoH row. Each segment is tokenized on its own (as the authors do), the prompt keeps its last
-    `max_prompt_length` tokens, and the sequence is cut from the right to `max_length`."""
+    one CoH row. Each segment is tokenized on its own (as the authors do), without special tokens; the prompt is
+    tokenized with the tokenizer's leading ones (BOS) and keeps them and its last tokens, `max_prompt_length` in all
+    (`coh_prompt_ids`); the sequence is cut from the right to `max_length`."""
     prompt, segments, is_answer = example["prompt"], example["segments"], example["segment_is_answer"]
     if not isinstance(prompt, str):
         raise _row_error(index, "prompt", "expected a string")
     if not isinstance(segments, list) or not isinstance(is_answer, list) or len(segments) != len(is_answer):
         raise _row_error(index, "segments", "expected a list of strings with one segment_is_answer flag each")
-    input_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if max_prompt_length is not None:
-        input_ids = input_ids[-max_prompt_length:] if max_prompt_length > 0 else []
+    input_ids = coh_prompt_ids(tokenizer, prompt, max_prompt_length)
     completion_mask = [0] * len(input_ids)
     for position, (segment, answer) in enumerate(zip(segments, is_answer)):
         if not isinstance(segment, str) or (answer and not segment.strip()):

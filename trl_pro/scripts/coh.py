@@ -10,8 +10,9 @@ python -m trl_pro.scripts.coh --model_name_or_path trl-pro/tiny-llama --dataset_
 dataset PRO reads (ranked rows, TRL pairs, the PRO authors' format), turned into CoH rows on the fly: the best
 candidate against the worst, in both orders, "{prompt} A helpful answer: {better} An unhelpful answer: {worse}" and
 the reverse (`trl_pro.data.coh`). The flags are TRL's SFT flags (`SFTConfig`, `ModelConfig`) plus `--max_prompt_length`;
-`completion_only_loss` is always on, so that the prompt and the feedback phrases carry no loss. At inference, end the
-prompt with `trl_pro.data.coh.POSITIVE_PHRASE` (" A helpful answer:").
+`completion_only_loss` is always on, so that the prompt and the feedback phrases carry no loss. The prompt is tokenized
+as `trl-pro eval` tokenizes it (with the tokenizer's BOS, kept when `--max_prompt_length` cuts it from the left). At
+inference, end the prompt with `trl_pro.data.coh.POSITIVE_PHRASE` (" A helpful answer:").
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class CoHScriptArguments(ScriptArguments):
 
     max_prompt_length: int | None = field(
         default=384,
-        metadata={"help": "Prompts keep their last max_prompt_length tokens (as PRO's); the whole CoH sequence is then "
-                  "cut to max_length."},
+        metadata={"help": "Prompts keep their last max_prompt_length tokens, BOS included (as PRO's); the whole CoH "
+                  "sequence is then cut to max_length."},
     )
 
 

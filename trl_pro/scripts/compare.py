@@ -19,8 +19,14 @@ any method (`{"all": {...}, "dpo": {"beta": 0.2}}`, YAML or JSON).
 Each system is written to `<output_dir>/<name>`, and `<output_dir>/comparison.json` lists them for `trl-pro eval`:
 `{"systems": [{"name", "path", "prompt_suffix", ...}]}` (Chain of Hindsight's prompt suffix is its positive phrase;
 `base` is the untrained base model). At the end a table says what ran, its steps, its time and where it was saved.
-A finished system is not trained again when the command is run again (`--overwrite` to retrain): an interrupted
-comparison resumes with the next system.
+A finished system is not trained again when the command is run again (`--overwrite` to retrain) as long as what
+determines it is unchanged: each system's entry records the key of its dataset (name, and for local data a fingerprint
+of its files), base model (`model_identity`: config and weight fingerprints), reward model, shared training settings
+and the method's own flags (`system_key`). A system whose key differs is trained again, with one line saying which of
+these changed; an interrupted comparison resumes with the next system. A run of some methods (`--methods pro dpo`)
+adds its systems to those already listed, which keep their own keys; each system says which dataset and base model it
+was trained with, and the top-level `dataset_name`, `rows`, `base_model` and `reward_model` are written only when every
+listed system was trained with them.
 
 PPO runs `trl_pro/scripts/ppo.py` with the TRL 1.12 environment (`bash tools/install.sh ppo`, `--ppo_python`); without it,
 or without a reward model for RLOO/PPO, the table says the method was skipped and why. SFT and best-of-n are one
@@ -46,6 +52,7 @@ from typing import Any
 from trl import TrlParser
 
 from trl_pro.cli.errors import OneLineErrors, debug_enabled, fail, one_line, one_line_errors
+from trl_pro.utils.cache import changed_fields, content_key, model_identity
 from trl_pro.utils.io import atomic_write_json
 from trl_pro.utils.quiet import quiet_known_noise
 
@@ -175,13 +182,37 @@ def _check(args: CompareArguments) -> dict[str, dict]:
     return overrides
 
 
-def prepare_views(args: CompareArguments, data_dir: Path) -> dict[str, int]:
-    """The views of the ranked dataset under `data_dir` (once: kept when already there); returns the row counts."""
+def dataset_identity(name: str) -> dict[str, Any]:
+    """What a dataset is, for keys: its name, and for a local file or folder a fingerprint of each file (size,
+    modification time, first and last MiB, as `model_identity` fingerprints weights), so that data rewritten under the
+    same name is new data. A hub id is identified by its name."""
+    path = Path(name)
+    identity: dict[str, Any] = {"name": name}
+    if path.is_file():
+        identity["files"] = {path.name: model_identity(path)["file"]}
+    elif path.is_dir():
+        identity["files"] = {
+            str(file.relative_to(path)): model_identity(file)["file"]
+            for file in sorted(path.rglob("*"))
+            if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)  # .cache
+        }
+    return identity
+
+
+def split_identity(dataset: dict[str, Any], args: CompareArguments) -> dict[str, Any]:
+    """The `dataset_identity` of the ranked data with what splits it into the train rows every method reads."""
+    return {**dataset, "test_size": args.test_size, "split_seed": args.seed}
+
+
+def prepare_views(args: CompareArguments, data_dir: Path, dataset: dict[str, Any] | None = None) -> dict[str, int]:
+    """The views of the ranked dataset under `data_dir` (once: kept while the data and the split settings are the
+    same); returns the row counts. `dataset`: its `dataset_identity`, if already computed."""
     from trl_pro.data.loading import load_named_dataset
     from trl_pro.scripts import prepare_data
 
     done = data_dir / "views.json"
-    settings = {"dataset_name": args.dataset_name, "pairs": args.pairs, "test_size": args.test_size, "seed": args.seed}
+    settings = {"dataset_name": args.dataset_name, "pairs": args.pairs, "test_size": args.test_size, "seed": args.seed,
+                "dataset": content_key(dataset or dataset_identity(args.dataset_name))}
     if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
         return json.loads(done.read_text())["rows"]
     dataset = load_named_dataset(args.dataset_name)
@@ -211,11 +242,11 @@ def materialize_base_model(args: CompareArguments, output_dir: Path) -> str:
     return str(folder)
 
 
-def method_flags(name: str, args: CompareArguments, base_model: str, data_dir: Path, output_dir: Path,
-                 overrides: dict) -> dict[str, Any]:
-    """Every flag of one method's run: shared settings, the method's own, then `--overrides`."""
+def shared_flags(name: str, args: CompareArguments, base_model: str, data_dir: Path,
+                 output_dir: Path) -> dict[str, Any]:
+    """The settings every method gets (before its own flags and `--overrides`)."""
     method = METHODS[name]
-    flags: dict[str, Any] = {
+    return {
         "model_name_or_path": base_model,
         "dataset_name": str(data_dir / method.view),
         "dataset_train_split": "train",
@@ -239,12 +270,50 @@ def method_flags(name: str, args: CompareArguments, base_model: str, data_dir: P
         "eval_strategy": "no",
         "logging_steps": 10,
     }
+
+
+def method_flags(name: str, args: CompareArguments, base_model: str, data_dir: Path, output_dir: Path,
+                 overrides: dict) -> dict[str, Any]:
+    """Every flag of one method's run: shared settings, the method's own, then `--overrides`."""
+    method = METHODS[name]
+    flags = shared_flags(name, args, base_model, data_dir, output_dir)
     if method.reward:
         flags[method.reward] = args.reward_model_name_or_path
     flags.update(method.flags)
     flags.update(overrides.get("all", {}))
     flags.update(overrides.get(name, {}))
     return flags
+
+
+def system_key(name: str, flags: dict[str, Any], args: CompareArguments, shared: dict[str, Any],
+               dataset: dict[str, Any]) -> dict[str, Any]:
+    """What determines the system a method's run trains, one field each: `dataset` (the ranked data and its split),
+    `base_model`, `reward_model` (methods that use one), `training` (the shared settings, as this method gets them
+    after its overrides) and `method` (every other flag: the method's own and those `--overrides` adds). Paths are
+    replaced by what they point at (the output folder is where the system goes, not what it is). `shared`:
+    `shared_flags` of this run; `dataset`: the `dataset_identity` of `--dataset_name`."""
+    method = METHODS[name]
+    if flags["dataset_name"] != shared["dataset_name"]:  # an override reads other data than the prepared view
+        dataset = dataset_identity(flags["dataset_name"])
+    located = {"model_name_or_path", "dataset_name", "output_dir", method.reward}
+    settings = {flag: value for flag, value in flags.items() if flag not in located}
+    key = {
+        "dataset": split_identity(dataset, args),
+        "base_model": model_identity(flags["model_name_or_path"]),
+        "training": {flag: value for flag, value in settings.items() if flag in shared},
+        "method": {"name": name, **{flag: value for flag, value in settings.items() if flag not in shared}},
+    }
+    if method.view == "pairs":  # the only view that depends on --pairs
+        key["method"]["pairs"] = args.pairs
+    if method.reward:
+        reward = flags[method.reward]
+        key["reward_model"] = None if reward is None else model_identity(reward)
+    return key
+
+
+def key_entry(key: dict[str, Any]) -> dict[str, Any]:
+    """What a run records of its `system_key`: its `key` and one `key_fields` hash per field (to say what changed)."""
+    return {"key": content_key(key), "key_fields": {field: content_key(value) for field, value in key.items()}}
 
 
 def _argv(flags: dict[str, Any], known: set[str] | None) -> list[str]:
@@ -364,7 +433,7 @@ def format_table(runs: list[dict[str, Any]], output_dir: Path) -> str:
         steps = "" if run.get("steps") is None else str(run["steps"])
         seconds = "" if run.get("train_seconds") is None else f"{run['train_seconds']:.1f}"
         path = run["path"] if run["method"] == "base" else str(output_dir / run["path"])  # base: a hub id or path
-        where = path if word in ("trained", "kept") else reason
+        where = path if word in ("trained", "kept", "listed") else reason
         lines.append(f"{run['name']:<10} {word:<8} {steps:>6} {seconds:>9}  {where}")
     return "\n".join(lines)
 
@@ -378,15 +447,24 @@ def main(args: CompareArguments) -> int:
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     previous_runs = {run["name"]: run for run in previous.get("runs", [])}
     with one_line_errors(PROG):
-        rows = prepare_views(args, output_dir / "data")
+        dataset = dataset_identity(args.dataset_name)
+        rows = prepare_views(args, output_dir / "data", dataset)
         base_model = materialize_base_model(args, output_dir)
     print(f"{PROG}: {rows.get('train')} train / {rows.get('test')} test rankings from {args.dataset_name} "
           f"(views in {output_dir / 'data'}), base model {base_model}", flush=True)
 
-    runs = [{"name": "base", "method": "base", "status": "kept", "path": base_model, "prompt_suffix": "",
-             "steps": 0, "train_seconds": 0.0}]
-    manifest = {"dataset_name": args.dataset_name, "base_model": base_model,
-                "reward_model": args.reward_model_name_or_path, "rows": rows, "runs": runs, "systems": []}
+    base = {"name": "base", "method": "base", "status": "kept", "path": base_model, "prompt_suffix": "",
+            "steps": 0, "train_seconds": 0.0, "base_model": base_model}
+    runs: dict[str, dict] = {}  # this run's methods
+    # Systems an earlier run trained that this one does not run: still listed, with their own keys
+    carried = {name: run for name, run in previous_runs.items()
+               if name in METHODS and name not in args.methods and run.get("status") in ("trained", "kept")
+               and (output_dir / run["path"]).is_dir()}
+    # This run's dataset, base model and reward model key fields: does every listed system share them?
+    current_fields = key_entry({"dataset": split_identity(dataset, args),
+                                "base_model": model_identity(base_model),
+                                "reward_model": None if args.reward_model_name_or_path is None
+                                else model_identity(args.reward_model_name_or_path)})["key_fields"]
 
     def manifest_path_of(run) -> str | None:
         """A system's path as comparison.json gives it: relative to the folder, or absolute outside it. A base
@@ -399,11 +477,34 @@ def main(args: CompareArguments) -> int:
         local, folder = local.resolve(), output_dir.resolve()
         return str(local.relative_to(folder)) if local.is_relative_to(folder) else str(local)
 
+    def all_runs() -> list[dict]:
+        """The base model, then this run's methods and the carried systems, in training order."""
+        merged = runs | carried
+        return [base, *(merged[name] for name in METHODS if name in merged)]
+
     def write_manifest():
+        listed = [run for run in all_runs()
+                  if run["status"] in ("trained", "kept") and manifest_path_of(run) is not None]
+        trained = [run for run in listed if run["method"] != "base"]
+
+        def shared_by_all(field, runs_using=trained):
+            return all(run.get("key_fields", {}).get(field) == current_fields[field] for run in runs_using)
+
+        # Top-level fields only where every listed system was trained with them (a partial run may have retrained
+        # some systems on other data or another base model)
+        manifest = {}
+        if shared_by_all("dataset"):
+            manifest.update(dataset_name=args.dataset_name, rows=rows)
+        if shared_by_all("base_model"):
+            manifest["base_model"] = base_model
+        if shared_by_all("reward_model", [run for run in trained if "reward_model" in run.get("key_fields", {})]):
+            manifest["reward_model"] = args.reward_model_name_or_path
+        manifest["runs"] = all_runs()
         manifest["systems"] = [
             {"name": run["name"], "path": manifest_path_of(run), "prompt_suffix": run["prompt_suffix"],
-             "method": run["method"], "steps": run["steps"], "train_seconds": run["train_seconds"]}
-            for run in runs if run["status"] in ("trained", "kept") and manifest_path_of(run) is not None
+             "method": run["method"], "steps": run["steps"], "train_seconds": run["train_seconds"],
+             **{field: run[field] for field in ("dataset_name", "base_model", "reward_model", "key") if field in run}}
+            for run in listed
         ]
         atomic_write_json(manifest_path, manifest)
 
@@ -412,17 +513,30 @@ def main(args: CompareArguments) -> int:
         method = METHODS[name]
         run = {"name": name, "method": name, "path": name, "prompt_suffix": method.prompt_suffix,
                "steps": None, "train_seconds": None}
+        flags = method_flags(name, args, base_model, output_dir / "data", output_dir, overrides)
+        shared = shared_flags(name, args, base_model, output_dir / "data", output_dir)
+        with one_line_errors(PROG):
+            entry = key_entry(system_key(name, flags, args, shared, dataset))
+        trained_with = {"dataset_name": args.dataset_name, "base_model": flags["model_name_or_path"], **entry}
+        if method.reward:
+            trained_with["reward_model"] = flags[method.reward]
         earlier = previous_runs.get(name)
-        if earlier and earlier["status"] in ("trained", "kept") and not args.overwrite and (output_dir / name).is_dir():
-            run.update(status="kept", steps=earlier["steps"], train_seconds=earlier["train_seconds"])
+        finished = (earlier is not None and earlier.get("status") in ("trained", "kept")
+                    and (output_dir / name).is_dir())
+        if finished and not args.overwrite and earlier.get("key") == entry["key"]:
+            run.update(trained_with, status="kept", steps=earlier["steps"], train_seconds=earlier["train_seconds"])
         elif (reason := skip_reason(name, args)) is not None:
             run["status"] = f"skipped: {reason}"
         else:
+            if finished and not args.overwrite:
+                changed = changed_fields(earlier.get("key_fields") or {}, entry["key_fields"])
+                why = (f"it was trained with another {', '.join(changed)}" if earlier.get("key_fields")
+                       else "it has no recorded key (an older trl-pro wrote it)")
+                print(f"{PROG}: training {name} again: {why}", flush=True)
             print(f"{PROG}: training {name} ...", flush=True)
-            flags = method_flags(name, args, base_model, output_dir / "data", output_dir, overrides)
             try:
                 result = run_ppo(flags, args) if method.script == "ppo" else run_in_process(name, flags)
-                run.update(status="trained", **result)
+                run.update(trained_with, status="trained", **result)
             except SystemExit as error:  # a script's own one-line error (printed above) ends this method only
                 if error.code in (0, None):
                     raise
@@ -433,10 +547,12 @@ def main(args: CompareArguments) -> int:
                     raise
                 failed = True
                 run["status"] = f"failed: {type(error).__name__}: {one_line(error)}"
-        runs.append(run)
+        runs[name] = run
         write_manifest()
     write_manifest()
-    print(format_table(runs, output_dir))
+    # carried systems did not run this time: the table says they are listed (as an earlier run left them)
+    print(format_table([run | {"status": "listed"} if run["name"] in carried else run for run in all_runs()],
+                       output_dir))
     print(f"Systems listed in {manifest_path} (trl-pro eval reads this folder)")
     return 1 if failed else 0
 

@@ -18,6 +18,8 @@ TRL 1.12's PPO hands the policy's token ids to the reward and value models, so t
 (a reward model with another vocabulary, such as a DeBERTa one, cannot be used: the script refuses it with a
 one-line error). One PPO step is one rollout batch of `per_device_train_batch_size * gradient_accumulation_steps *
 processes` prompts; `--total_episodes` sets the number of prompts seen (default: one epoch of the train split).
+Prompts are tokenized as `trl-pro eval` tokenizes them (`prompt_ids`: the tokenizer's special tokens, LLaMA's BOS,
+kept when a long prompt keeps its last 384 tokens), so the policy is trained and evaluated on the same prompt tokens.
 At the end the script prints one line `PPO: <steps> steps, <episodes> episodes, <seconds> s, saved to <dir>`.
 """
 
@@ -30,6 +32,8 @@ import time
 
 
 PROG = "trl_pro/scripts/ppo.py"
+#: Prompts keep their last 384 tokens, as PRO's `max_prompt_length` (the authors' max_length - 128).
+MAX_PROMPT_LENGTH = 384
 
 
 def _fail(message: object, code: int = 2) -> None:
@@ -81,6 +85,25 @@ def _check_same_vocabulary(tokenizer, reward_model_path: str, trust_remote_code:
               "tokenizer")
 
 
+def prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None = MAX_PROMPT_LENGTH) -> list[int]:
+    """Token ids of a prompt as `trl-pro eval` builds them: with the tokenizer's own special tokens (LLaMA's BOS), cut
+    from the left to `max_prompt_length` tokens (None: not cut), keeping the special tokens the tokenizer puts first.
+
+    A copy of `trl_pro.data.tokenization.token_ids` + `truncate_prompt` for text prompts, since this script runs with
+    TRL 1.12 and so imports nothing from trl_pro (built on TRL 1.16): keep the two in step."""
+    ids = tokenizer(text=prompt)["input_ids"]
+    if max_prompt_length is None or len(ids) <= max_prompt_length:
+        return ids
+    # the tokenizer's leading special tokens: a probe tokenized with and without them
+    probe, plain = tokenizer(text="a")["input_ids"], tokenizer(text="a", add_special_tokens=False)["input_ids"]
+    prefix = next((probe[:start] for start in range(len(probe) - len(plain) + 1)
+                   if probe[start : start + len(plain)] == plain), [])
+    if not prefix or ids[: len(prefix)] != prefix:
+        prefix = ids[:1] if tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id] else []
+    kept = max_prompt_length - len(prefix)
+    return (prefix + (ids[-kept:] if kept > 0 else []))[:max_prompt_length]
+
+
 def _load_prompts(script_args, training_args, tokenizer):
     from datasets import load_dataset
 
@@ -103,19 +126,14 @@ def _load_prompts(script_args, training_args, tokenizer):
         for index, prompt in enumerate(batch["prompt"]):
             if not isinstance(prompt, str) or not prompt:
                 raise ValueError(f"row {index}: field 'prompt' must be a non-empty string")
-        return {"input_ids": tokenizer(batch["prompt"], padding=False, add_special_tokens=False)["input_ids"]}
+        # PPO's prompts are left-padded and the response follows: a long prompt keeps its end, like PRO's
+        return {"input_ids": [prompt_ids(tokenizer, prompt) for prompt in batch["prompt"]]}
 
     def prepare(rows):
-        rows = rows.map(tokenize, batched=True, remove_columns=rows.column_names,
+        return rows.map(tokenize, batched=True, remove_columns=rows.column_names,
                         num_proc=training_args.dataset_num_proc)
-        # PPO's prompts are left-padded and the response follows: keep the end of a long prompt, like PRO does
-        return rows.map(lambda row: {"input_ids": row["input_ids"][-MAX_PROMPT_LENGTH:]})
 
     return prepare(train), prepare(evaluation)
-
-
-#: Prompts keep their last 384 tokens, as PRO's `max_prompt_length` (the authors' max_length - 128).
-MAX_PROMPT_LENGTH = 384
 
 
 def main(argv: list[str] | None = None) -> None:
