@@ -31,7 +31,8 @@ def tiny_model():
 @pytest.fixture
 def make_config(tmp_path):
     """PROConfig (or `config_class`, e.g. RRHFConfig) for fast, exact CPU tests (fp32, no checkpointing, no saving,
-    no reporting)."""
+    no reporting). Everything else is the user's default, the shared-prompt layout (`shared_prompt="auto"`) included;
+    a test that depends on the layout is parametrized over `shared_prompt` with the `layout` fixture."""
     from trl_pro.trainers.pro_config import PROConfig
 
     def make(config_class=PROConfig, **overrides):
@@ -50,9 +51,6 @@ def make_config(tmp_path):
             disable_tqdm=True,
             max_length=128,
             max_prompt_length=64,
-            # Tests that inspect collated batches assume one row per candidate (the plain layout); the default
-            # shared-prompt layout is checked against it in tests/test_shared_prompt.py
-            shared_prompt=False,
         )
         kwargs.update(overrides)
         return config_class(**kwargs)
@@ -63,6 +61,13 @@ def make_config(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 # Session fixtures shared by the ranking, generation, evaluation and baseline tests: real (tiny) models saved to disk,
 # so that every `from_pretrained` path is exercised, and a real OpenAI-compatible server.
+
+
+@pytest.fixture(params=["auto", False], ids=["shared_prompt", "plain"])
+def layout(request):
+    """`shared_prompt` for a test whose behaviour depends on the layout: the default ("auto", the shared-prompt layout
+    on sdpa/eager) and the plain layout (one row per candidate)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

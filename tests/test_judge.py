@@ -96,13 +96,14 @@ def test_failing_endpoint_retries_then_names_the_pair_and_keeps_the_cache(tmp_pa
     # Two judgments are cached already (as a run interrupted by an outage leaves them)
     pairs = _pairs(2)
     cache = tmp_path / judges.JUDGMENTS_FILE
+    judge = judges.OpenAIJudge("judge", _closed_port_url(), max_retries=2, backoff=0.01, timeout=5)
     done = []
     for first_is_a in (True, False):
         a, b = (pairs[0].first, pairs[0].second) if first_is_a else (pairs[0].second, pairs[0].first)
-        key = judges._cache_key("openai:judge", judges.JUDGE_SYSTEM_PROMPT, judges.judge_prompt(pairs[0].prompt, a, b))
+        user_prompt = judges.judge_prompt(pairs[0].prompt, a, b)
+        key = judges.judgment_key(judge.cache_identity, judges.JUDGE_SYSTEM_PROMPT, user_prompt)
         done.append({"key": key, "judge": "openai:judge", "output": "[[A]]"})
     cache.write_text("".join(json.dumps(row) + "\n" for row in done))
-    judge = judges.OpenAIJudge("judge", _closed_port_url(), max_retries=2, backoff=0.01, timeout=5)
     with pytest.raises(judges.JudgeError, match=r"pair 1 \(subset harmless_base, first system as A.*failed 3 times"):
         judges.judge_pairs(judge, pairs, tmp_path, progress=False)
     assert judge.num_requests == 3  # 1 try + 2 retries, for the first uncached judgment only

@@ -259,7 +259,7 @@ def test_eval_killed_midway_resumes_to_the_uninterrupted_results(tiny_policy_dir
     kill_midway(killed, started=lambda: cached_lines() > 0,
                 finished=lambda: any((output_dir / name).exists() for name in finals))
     at_kill = cached_lines()
-    assert not list(output_dir.glob("cache/*.rewards-*.jsonl"))  # killed while generating
+    assert not list(output_dir.glob("cache/*.rewards.jsonl"))  # killed while generating
 
     watch = FinalFileWatch([output_dir / name for name in finals], _read_bytes)
     resumed = Run("eval", [*argv, "--output_dir", str(output_dir)], tmp_path / "resumed.log")
@@ -273,7 +273,7 @@ def test_eval_killed_midway_resumes_to_the_uninterrupted_results(tiny_policy_dir
         assert (output_dir / name).read_bytes() == expected, f"{name} differs from the uninterrupted run's"
     assert (output_dir / "results.png").is_file()
     # the cache holds every prompt once: the batches done before the kill were not generated again
-    for name in ["tiny.jsonl", *(p.name for p in (reference_dir / "cache").glob("tiny.rewards-*.jsonl"))]:
+    for name in ["tiny.jsonl", *(p.name for p in (reference_dir / "cache").glob("tiny.rewards.jsonl"))]:
         resumed_rows = _jsonl((output_dir / "cache" / name).read_bytes())
         assert sorted(row["prompt"] for row in resumed_rows) == sorted(prompts), name
         assert (sorted(map(json.dumps, resumed_rows))
