@@ -252,7 +252,7 @@ def markdown(meta, rows) -> str:
     lines += ["", "## Goals", ""] + [f"- {v}" for v in verdicts(rows)]
     lines += [
         "",
-        "Both layouts score exactly the same tokens with the same loss and gradients (tests/test_shared_prompt.py); "
+        "Both layouts score exactly the same tokens with the same loss and gradients (tests/loss_core/test_shared_prompt.py); "
         "the shared layout processes each prompt once. GPU (flex_attention BlockMask): not measured on GPU.",
     ]
     return "\n".join(lines) + "\n"

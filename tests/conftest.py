@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from helpers.baseline_data import last_exchange_pairs
 
 
 # No test may reach a hub: everything is built locally
@@ -79,19 +80,6 @@ def tiny_policy_dir(tmp_path_factory):
     build_tiny_llama(seed=0).save_pretrained(path)
     load_tiny_tokenizer().save_pretrained(path)
     return path
-
-
-def last_exchange_pairs(dataset):
-    """HH-RLHF pairs cut to their last exchange: prompt = the last human turn, chosen / rejected = the two answers.
-    The human preference is about the answers; short rows keep a CPU training run within seconds."""
-    from trl.data_utils import extract_prompt
-
-    def cut(example):
-        pair = extract_prompt(example)
-        prompt = "\n\nHuman:" + pair["prompt"].rsplit("\n\nHuman:", 1)[-1]
-        return {"prompt": prompt, "chosen": pair["chosen"], "rejected": pair["rejected"]}
-
-    return dataset.map(cut, remove_columns=dataset.column_names)
 
 
 def _train_tiny_reward_model(output_dir):

@@ -5,7 +5,7 @@ Tiny CPU runs: one step of PRO and of best-of-n SFT."""
 import json
 from pathlib import Path
 
-from baseline_data import write_ranked_file
+from helpers.baseline_data import write_ranked_file
 
 from trl_pro.scripts import compare
 

@@ -16,7 +16,7 @@ from trl_pro.evaluation.responses import MAX_PROMPT_LENGTH
 from trl_pro.pipeline.generation import _prompt_ids as eval_prompt_ids
 
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PPO_SCRIPT = ROOT / "trl_pro" / "scripts" / "ppo.py"
 PROMPT = "\n\nHuman: How are you?\n\nAssistant:"
 LONG_PROMPT = "\n\nHuman:" + " word" * 500 + "\n\nAssistant:"  # over 384 tokens

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import kill_tree, run_launcher
+from helpers.launching import kill_tree, run_launcher
 from safetensors.torch import load_file
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS, SAVE_STEPS = 8, 2
 COMPLETE = "checkpoint_complete.json"  # trl_pro.trainers.checkpointing.CHECKPOINT_COMPLETE
 COMMON = [
@@ -130,10 +130,11 @@ def _assert_same(value, reference, where: str) -> None:
             assert value == reference, where
 
 
-def assert_bit_identical(resumed: Path, reference: Path, rng_files: list[str], checkpoints: str = ".") -> None:
+def assert_bit_identical(resumed: Path, reference: Path, rng_files: list[str], checkpoints: str = ".",
+                         final_step: int = MAX_STEPS) -> None:
     """Final weights, optimizer, scheduler and RNG states and the logged metrics of every step: bit for bit. The
-    checkpoints are in the `checkpoints` subfolder of both runs."""
-    final = f"{checkpoints}/checkpoint-{MAX_STEPS}"
+    checkpoints are in the `checkpoints` subfolder of both runs, the last one at `final_step`."""
+    final = f"{checkpoints}/checkpoint-{final_step}"
     weights, expected = load_file(resumed / "model.safetensors"), load_file(reference / "model.safetensors")
     _assert_same(weights, expected, "weights")
     for name in ["optimizer.pt", "scheduler.pt", *rng_files]:
@@ -205,21 +206,22 @@ def test_two_processes_killed_after_a_checkpoint_resume_bit_identically(tmp_path
 
 @pytest.mark.slow
 def test_self_bootstrapping_killed_mid_round_resumes_bit_identically(tmp_path, data_file, tiny_reward_model_dir):
-    """Two rounds of 10 rows, each trained for 8 steps; killed once round 2 has written checkpoint-2, resumed from it
-    (on the round's saved rankings): the same as an uninterrupted run, bit for bit."""
+    """Two rounds of 10 rows, each trained for 8 steps (the count goes on: round 2 is steps 9-16); killed once round 2
+    has written its second checkpoint, checkpoint-10, resumed from it (on the round's saved rankings): the same as an
+    uninterrupted run, bit for bit."""
     bootstrap = ["--bootstrap_rounds", "2", "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir),
                  "--bootstrap_reward_prompt_format", "plain", "--bootstrap_max_completion_length", "8"]
     reference = tmp_path / "reference"
     run_launcher(_command(data_file, reference, ONE_PROCESS, *bootstrap), timeout=300, cwd=REPO)
     out = tmp_path / "out"
-    _kill_after_checkpoint(_command(data_file, out, ONE_PROCESS, *bootstrap), out / "bootstrap-round-2", step=2)
+    _kill_after_checkpoint(_command(data_file, out, ONE_PROCESS, *bootstrap), out / "bootstrap-round-2", step=10)
     assert (out / "bootstrap-round-1" / "round_complete.json").exists()
-    written = (out / "bootstrap-round-2" / "checkpoint-2" / COMPLETE).stat().st_mtime_ns
+    written = (out / "bootstrap-round-2" / "checkpoint-10" / COMPLETE).stat().st_mtime_ns
     resumed = run_launcher(_command(data_file, out, ONE_PROCESS, *bootstrap, "--resume_from_checkpoint", "true"),
                            timeout=300, cwd=REPO)
     assert "Traceback" not in resumed.stderr
-    # resumed from round 2's checkpoint-2, not by redoing round 2 from its start (which would rewrite checkpoint-2)
-    assert (out / "bootstrap-round-2" / "checkpoint-2" / COMPLETE).stat().st_mtime_ns == written
+    # resumed from round 2's checkpoint-10, not by redoing round 2 from its start (which would rewrite it)
+    assert (out / "bootstrap-round-2" / "checkpoint-10" / COMPLETE).stat().st_mtime_ns == written
     round_2, reference_round_2 = out / "bootstrap-round-2", reference / "bootstrap-round-2"
     assert (round_2 / "rankings.jsonl").read_text() == (reference_round_2 / "rankings.jsonl").read_text()
 
@@ -228,4 +230,4 @@ def test_self_bootstrapping_killed_mid_round_resumes_bit_identically(tmp_path, d
         return {key: value for key, value in record.items() if "seconds" not in key}
 
     assert statistics(round_2) == statistics(reference_round_2)
-    assert_bit_identical(out, reference, ["rng_state.pth"], checkpoints="bootstrap-round-2")
+    assert_bit_identical(out, reference, ["rng_state.pth"], checkpoints="bootstrap-round-2", final_step=2 * MAX_STEPS)

@@ -345,7 +345,7 @@ def test_eval_generation_benchmark_runs(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_generation.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_generation.py"
     spec = importlib.util.spec_from_file_location("eval_generation", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

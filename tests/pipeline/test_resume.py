@@ -1,4 +1,4 @@
-"""Kill and resume, exactly, for the data commands (issue 13, section 1): `trl-pro generate`, `trl-pro rank` and
+"""Kill and resume, exactly, for the data commands: `trl-pro generate`, `trl-pro rank` and
 `trl-pro eval` killed with SIGKILL in the middle of their work and run again with the same command line end with the
 same output, byte for byte, as a run that was never interrupted: same rows, same order, no duplicates, and the final
 file never half-written at any point.
@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launching import kill_tree
+from helpers.launching import kill_tree
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HH_TRAIN = str(REPO / "trl_pro" / "assets" / "hh_rlhf" / "train.jsonl.gz")
 TIMEOUT = 300
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",

@@ -14,7 +14,7 @@ from trl_pro.scripts import generate as generate_script
 from trl_pro.scripts import rank as rank_script
 
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "rankings"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "rankings"
 HH_TRAIN = str(HH_RLHF_DIR / "train.jsonl.gz")
 
 
@@ -152,7 +152,7 @@ def test_nan_reward_model_leaves_no_output_file(tiny_reward_model_dir, tmp_path)
     model.save_pretrained(tmp_path / "nan_rm")
     tokenizer.save_pretrained(tmp_path / "nan_rm")
     output = tmp_path / "ranked.jsonl"
-    with pytest.raises(ValueError, match=r"Row \d+, candidate \d \(source .dataset.\): .*non-finite"):
+    with pytest.raises(ValueError, match=r"Row \d+ \(line \d+ of train.jsonl.gz\), candidate \d \(source .dataset.\): .*non-finite"):
         _rank(["--dataset_name", HH_TRAIN, "--max_rows", "4", "--reward_model_name_or_path", str(tmp_path / "nan_rm"),
                "--output_path", str(output), "--progress", "false"])
     assert not output.exists()
@@ -166,7 +166,7 @@ def test_rank_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
                               "--reward_model_name_or_path", str(tmp_path / "none")])
     assert exit_info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines[-1].startswith("trl-pro rank: error: Row 86, field 'chosen': empty")
+    assert lines[-1].startswith("trl-pro rank: error: Row 86 (line 87 of train.jsonl.gz), field 'chosen': empty")
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.parts").exists()
 
 

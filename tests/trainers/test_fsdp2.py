@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from launching import run_launcher
+from helpers.launching import run_launcher
 
 from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 pytestmark = pytest.mark.multiprocess
-WORKER = Path(__file__).resolve().parent / "fsdp2_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "helpers" / "fsdp2_worker.py"
 
 
 @pytest.mark.parametrize(("head_unit", "head_type"), [("root", "Parameter"), ("own", "DTensor")])

@@ -222,7 +222,7 @@ def _scored_hh_rows(lengths=(2, 4, 3, 3)):
 
 
 def test_rrhf_trainer_step_with_shared_prompt_equals_plain(tokenizer, make_config, tmp_path):
-    """RRHF (issue 12): the shared-prompt layout gives the plain layout's loss, gradients and updated weights."""
+    """RRHF: the shared-prompt layout gives the plain layout's loss, gradients and updated weights."""
     from trl_pro.trainers.rrhf_config import RRHFConfig
     from trl_pro.trainers.rrhf_trainer import RRHFTrainer
 

@@ -13,7 +13,7 @@ from trl_pro.pipeline.models import TINY_LLAMA
 from trl_pro.scripts.pro import make_parser
 
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # recipes/rankings/{generate,rank}_*.yaml configure `trl-pro generate` / `trl-pro rank` (tests/test_rank.py runs them)
 ALL = sorted(p for p in RECIPES.rglob("*.yaml") if not (p.parent.name == "rankings" and not p.name.startswith("pro_")))
 PRO = [p for p in ALL if "baselines" not in p.parts and "rrhf" not in p.parts]

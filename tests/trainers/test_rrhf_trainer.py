@@ -8,13 +8,13 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_pro import rrhf_loss
 import trl_pro.cli.commands as cli
+from trl_pro import rrhf_loss
 from trl_pro.trainers.rrhf_config import RRHFConfig
 from trl_pro.trainers.rrhf_trainer import RRHFTrainer
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def scored_rows(n=6):

@@ -1,5 +1,5 @@
-"""PROTrainer behaves like a TRL trainer in the cases a DPO user hits (issue 8): filtered datasets, compute_metrics,
-MoE aux loss, gradient accumulation, metric gathering, PEFT checkpointing, vision data, reward scale."""
+"""The shared trainer machinery behaves like a TRL trainer in the cases a DPO user hits: filtered datasets,
+compute_metrics, MoE aux loss, gradient accumulation, metric gathering, PEFT checkpointing, vision data, reward scale."""
 
 import logging
 import math
@@ -22,7 +22,7 @@ def scored_rows(n=6):
     return rows
 
 
-# Item 2 -------------------------------------------------------------------------------------------------------------
+# Filtered and re-selected datasets ----------------------------------------------------------------------------------
 
 def test_drop_invalid_rows_with_scored_data_reads_the_filtered_rows(tokenizer, tiny_model, make_config):
     rows = scored_rows(6)
@@ -45,7 +45,7 @@ def test_prepared_dataset_after_select_reads_the_selected_rows(tokenizer, tiny_m
     assert trainer._longest_ranking == 2
 
 
-# Item 7 -------------------------------------------------------------------------------------------------------------
+# Gradient accumulation ----------------------------------------------------------------------------------------------
 
 def _one_sgd_step(tokenizer, make_config, **overrides):
     from trl_pro.assets import build_tiny_llama
@@ -69,7 +69,7 @@ def test_gradient_accumulation_weighs_every_prompt_of_the_step_equally(tokenizer
         torch.testing.assert_close(accumulated[name], full[name], rtol=0, atol=1e-5, msg=name)
 
 
-# Item 3 -------------------------------------------------------------------------------------------------------------
+# compute_metrics ----------------------------------------------------------------------------------------------------
 
 def _user_ranking_metrics(prediction):
     """What a user writes: metrics of their own from the scores and reference ranks, -100 marking padding."""
@@ -97,7 +97,7 @@ def test_compute_metrics_gets_scores_and_reference_ranks(tokenizer, tiny_model, 
     assert ranks.tolist() == [[0, 0, 2, 3]] and scores.dtype == torch.float32
 
 
-# Item 8 -------------------------------------------------------------------------------------------------------------
+# Metrics gathered over prompts and processes ------------------------------------------------------------------------
 
 def test_eval_metrics_are_means_over_prompts_for_a_partial_last_batch(tokenizer, tiny_model, make_config):
     rows = scored_rows(5)  # eval batches of 2, 2 and 1 prompts
@@ -127,21 +127,21 @@ def test_eval_metrics_on_two_processes_count_every_prompt_once(tokenizer, tiny_m
     import sys
     from pathlib import Path
 
-    from launching import run_launcher
+    from helpers.launching import run_launcher
 
     rows = scored_rows(5)
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    worker = Path(__file__).resolve().parent / "eval_worker.py"
+    worker = Path(__file__).resolve().parents[1] / "helpers" / "eval_worker.py"
     run_launcher([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                   "127.0.0.1", "--master_port", str(port), str(worker), str(tmp_path / "rows.json"),
                   str(tmp_path / "result.json"), str(tmp_path / "two")], timeout=240)
     two = json.loads((tmp_path / "result.json").read_text())
 
     sys.path.insert(0, str(worker.parent))
-    from eval_worker import top1_and_count
+    from helpers.eval_worker import top1_and_count
 
     trainer = PROTrainer(tiny_model, args=make_config(per_device_eval_batch_size=2),
                          train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows),
@@ -153,7 +153,7 @@ def test_eval_metrics_on_two_processes_count_every_prompt_once(tokenizer, tiny_m
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
 
 
-# Item 6 -------------------------------------------------------------------------------------------------------------
+# MoE, vision data, ZeRO-3 + PEFT ------------------------------------------------------------------------------------
 
 def _tiny_mixtral(tokenizer, router_aux_loss_coef=0.5):
     from transformers import MixtralConfig, MixtralForCausalLM
@@ -235,7 +235,7 @@ def test_zero3_peft_adapter_dtype_and_reentrant_checkpointing_as_dpo(tokenizer, 
     assert "use_reentrant` is forced to `True`" in caplog.text
 
 
-# Item 11 ------------------------------------------------------------------------------------------------------------
+# The reward scale ---------------------------------------------------------------------------------------------------
 
 def test_warns_once_when_the_median_reward_gap_is_far_from_one(tokenizer, tiny_model, make_config, caplog):
     small = [{**row, "scores": [s / 50 for s in row["scores"]]} for row in scored_rows(6)]  # 0-1 rewards, gaps 0.02

@@ -24,7 +24,7 @@ from trl_pro.trainers.pro_config import PROConfig
 from trl_pro.utils.errors import SetupError
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 # bitsandbytes logs this at import on CPUs with AVX512-BF16 (nothing to do with the CLI): not counted as output
 NOISE = ("Failed to load CPU gemm_4bit_forward",)

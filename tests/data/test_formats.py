@@ -115,3 +115,45 @@ def test_scores_sort_candidates_stably_and_max_completions(tokenizer, tiny_model
     assert decoded == [" a", " c", " b"]  # sorted descending, ties in input order, worst dropped
     assert row["scores"] == [3.0, 1.0, 1.0]
     assert row["sft_index"] == 2  # follows candidate " b" to its new position
+
+
+# Raw HH-RLHF prompts end at the turn marker -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hh_test_rows():
+    from trl_pro.assets import load_hh_rlhf_slice
+
+    return load_hh_rlhf_slice("test").to_list()
+
+
+def test_hh_rlhf_prompt_ends_at_the_last_assistant_marker(hh_test_rows):
+    from trl_pro.data.formats import PAIRWISE, to_ranking
+    from trl_pro.scripts.prepare_data import _hh_ranking
+
+    shared_first_word = 0
+    for index, row in enumerate(hh_test_rows):
+        ranking = to_ranking(row, index, PAIRWISE, expect_scores=False)
+        prompt, (chosen, rejected) = ranking["prompt"], ranking["completions"]
+        assert prompt.endswith("\n\nAssistant:"), (index, prompt[-40:])
+        assert prompt + chosen == row["chosen"] and prompt + rejected == row["rejected"]
+        assert "\n\nAssistant:" not in chosen and "\n\nAssistant:" not in rejected  # only the last response differs
+        if chosen.split()[0] == rejected.split()[0]:
+            shared_first_word += 1
+            assert chosen.startswith(" ") and rejected.startswith(" ")  # the shared word stays in the response
+        # `prepare_data --source hh-rlhf` splits the raw rows the same way
+        assert _hh_ranking(row, index)["prompt"] == prompt and _hh_ranking(row, index)["completions"] == [
+            chosen, rejected]
+    assert shared_first_word >= 10  # the slice has such rows ("...Assistant: I" + "'m afraid" before the fix)
+
+
+def test_other_implicit_prompts_keep_trls_common_prefix():
+    from trl_pro.data.formats import PAIRWISE, to_ranking
+
+    text = to_ranking({"chosen": "The sky is blue.", "rejected": "The sky is green."}, 0, PAIRWISE, False)
+    assert text["prompt"] == "The sky is" and text["completions"] == [" blue.", " green."]
+    user = {"role": "user", "content": "Sky?"}
+    messages = to_ranking(
+        {"chosen": [user, {"role": "assistant", "content": "Blue."}],
+         "rejected": [user, {"role": "assistant", "content": "Green."}]}, 0, PAIRWISE, False,
+    )
+    assert messages["prompt"] == [user] and messages["completions"][1] == [{"role": "assistant", "content": "Green."}]

@@ -169,7 +169,7 @@ def test_truncation_from_the_left_keeps_the_response(tiny_reward_model_dir):
 
 
 def test_tiny_reward_model_agrees_with_human_labels_more_than_chance(tiny_reward_model_dir):
-    from conftest import last_exchange_pairs
+    from helpers.baseline_data import last_exchange_pairs
 
     model, tokenizer = load_reward_model(str(tiny_reward_model_dir))
     rows = last_exchange_pairs(load_hh_rlhf_slice("test"))  # held out: the RM trained on the train slice

@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from baseline_data import write_ranked_file
+from helpers.baseline_data import write_ranked_file
 
 from trl_pro.scripts import compare
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import run_launcher
+from helpers.launching import run_launcher
 from safetensors.torch import load_file
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMMON = [
     "--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", "trl_pro/assets/hh_rlhf", "--drop_invalid_rows",
     "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--max_length", "128",

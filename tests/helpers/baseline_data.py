@@ -28,3 +28,16 @@ def write_ranked_file(path: Path, num_rows: int = 24) -> Path:
             break
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def last_exchange_pairs(dataset):
+    """HH-RLHF pairs cut to their last exchange: prompt = the last human turn, chosen / rejected = the two answers.
+    The human preference is about the answers; short rows keep a CPU training run within seconds."""
+    from trl.data_utils import extract_prompt
+
+    def cut(example):
+        pair = extract_prompt(example)
+        prompt = "\n\nHuman:" + pair["prompt"].rsplit("\n\nHuman:", 1)[-1]
+        return {"prompt": prompt, "chosen": pair["chosen"], "rejected": pair["rejected"]}
+
+    return dataset.map(cut, remove_columns=dataset.column_names)

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from baseline_data import write_ranked_file
+from helpers.baseline_data import write_ranked_file
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "baselines" / "ppo_hh_rlhf_llama7b_qlora.yaml"
 SCRIPT = ROOT / "trl_pro" / "scripts" / "ppo.py"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from baseline_data import write_ranked_file
 from datasets import load_dataset
+from helpers.baseline_data import write_ranked_file
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes" / "baselines").glob("*.yaml"))
 RUN_ELSEWHERE = {"ppo": "tests/test_ppo.py (TRL 1.12 environment)"}
 

@@ -1,0 +1,1 @@
+"""Test-only helpers: data writers, process launching, multi-process workers."""
