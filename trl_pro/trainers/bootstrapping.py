@@ -9,14 +9,14 @@ The training set is split into K = `bootstrap_rounds` contiguous parts. Before t
 3. the samples are inserted and the ranking re-sorted by score; with footnote 6's guard (`bootstrap_keep_top1`, on by
    default) the original top-1 stays first and only the others are re-ranked (its recorded score is lifted to the
    best one, a tie, so that sorting by score keeps it first and the dynamic temperature sees no inversion);
-4. the trainer trains on part i (one `Trainer.train()` per part: the optimizer state carries over, the learning-rate
-   schedule restarts for each part).
+4. the trainer trains on part i (one `Trainer.train()` per part, through `RankingTrainer.train_part`): the optimizer
+   state carries over, and one learning-rate schedule runs over every round (warm-up once, the total steps known up
+   front, since a round has as many rows as its part), with the step counter going on across rounds.
 
 With several processes each generates and scores its own contiguous shard of the part, and the re-ranked rows are
 gathered back in the part's order so every process trains on the whole part, as in ordinary data-parallel training.
 
-Each round trains with a `Trainer.train()` of its own, whose steps count from 0, so its checkpoints go to a folder of
-its own, `output_dir/bootstrap-round-<i>/`, next to the round's re-ranked rows (`rankings.jsonl`, the data Algorithm 1
+Each round trains with a `Trainer.train()` of its own, and its checkpoints go to a folder of its own, `output_dir/bootstrap-round-<i>/`, next to the round's re-ranked rows (`rankings.jsonl`, the data Algorithm 1
 trained on) and, once the round has finished, `round_complete.json` (its statistics and last checkpoint).
 `resume_from_checkpoint=True` resumes from there: finished rounds are skipped; a round that had written a complete
 checkpoint resumes from it exactly, on the same re-ranked rows; a round interrupted before its first checkpoint starts
@@ -137,12 +137,16 @@ def bootstrap_train(trainer, resume_from_checkpoint=None, **train_kwargs):
 
     args = trainer.args
     output_dir = Path(args.output_dir)
-    finished, checkpoint = _resume_point(trainer, resume_from_checkpoint, output_dir)
     source = trainer.raw_train_dataset
     if not isinstance(source, Dataset):
         raise ValueError("self-bootstrapping needs a map-style `datasets.Dataset` train set (not streaming)")
     rankings = dataset_rankings(source, drop_invalid_rows=args.drop_invalid_rows)
     parts = split_into_parts(len(rankings), args.bootstrap_rounds)
+    # One schedule over every round, and one step count: a round has as many rows as its part
+    steps = [trainer.steps_for_rows(len(part)) for part in parts]
+    offsets = [sum(steps[:index]) for index in range(len(parts))]
+    trainer.create_schedule_for_parts(sum(steps))
+    finished, checkpoint = _resume_point(trainer, resume_from_checkpoint, output_dir)
     trainer.bootstrap_history = [
         json.loads((round_dir(output_dir, number) / ROUND_COMPLETE).read_text())["statistics"]
         for number in range(1, finished + 1)
@@ -163,7 +167,8 @@ def bootstrap_train(trainer, resume_from_checkpoint=None, **train_kwargs):
             Dataset.from_list([{"prompt": r["prompt"], "completions": r["completions"], "scores": r["scores"]}
                                for r in ranked.rows]),
             name=f"train (bootstrap part {round_number}/{len(parts)})", checkpoint_subdir=folder.name,
-            resume_from_checkpoint=checkpoint if round_number == finished + 1 else None, **train_kwargs,
+            resume_from_checkpoint=checkpoint if round_number == finished + 1 else None,
+            step_offset=offsets[round_index], **train_kwargs,
         )
         _finish_round(trainer, folder, round_number, ranked, training_seconds=time.perf_counter() - started)
     if output is None:  # every round had finished before this resume (their last weights are loaded above)

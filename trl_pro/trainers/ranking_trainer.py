@@ -6,6 +6,7 @@ that name their config, objective (`trl_pro.objectives`), SFT weight and paper.
 """
 
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -186,6 +187,7 @@ class RankingTrainer(_BaseTrainer):
         # The rows as given, before tokenization: self-bootstrapping re-ranks them round by round
         self.raw_train_dataset = train_dataset if getattr(args, "bootstrap_rounds", 0) else None
         self._checkpoint_subdir = None  # set by `train_part`: each part checkpoints into a folder of its own
+        self._step_offset, self._expected_part_steps = 0, None  # set by `train_part`: steps go on across parts
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
@@ -488,7 +490,7 @@ class RankingTrainer(_BaseTrainer):
             **model_kwargs,
             ranking_inputs={
                 "completion_mask": inputs["completion_mask"],
-                "segment_ids": inputs.get("segment_ids"),  # shared-prompt layout (trl_pro/shared_prompt.py)
+                "segment_ids": inputs.get("segment_ids"),  # shared-prompt layout (trl_pro/loss_core/shared_prompt.py)
                 "layout": layout,
                 "rewards": rewards,
                 "sft_weight": sft_weight,
@@ -653,28 +655,76 @@ class RankingTrainer(_BaseTrainer):
 
     def train_part(
         self, dataset, *, name: str, checkpoint_subdir: str | None = None, resume_from_checkpoint: str | None = None,
-        **train_kwargs,
+        step_offset: int = 0, **train_kwargs,
     ):
         """Train on one part of the data with the optimizer state kept from the parts before: `dataset` (rows of any
         accepted format) becomes the train set, checkpoints go to `output_dir/checkpoint_subdir/checkpoint-N`, and
-        `resume_from_checkpoint` is a checkpoint of this part. Self-bootstrapping trains each round with it."""
+        `resume_from_checkpoint` is a checkpoint of this part. The step counter goes on from `step_offset` (the steps
+        of the parts before), and the learning-rate schedule of `create_schedule_for_parts`, when made, goes on too:
+        warm-up happens once over every part. Self-bootstrapping trains each round with it."""
         self.train_dataset = self._prepare_dataset(dataset, self.processing_class, self.args, name)
-        self.lr_scheduler = None  # a fresh schedule over this part's steps
-        self._checkpoint_subdir = checkpoint_subdir
+        self._checkpoint_subdir, self._step_offset = checkpoint_subdir, step_offset
+        self._expected_part_steps = self.steps_for_rows(len(self.train_dataset))
         try:
             return RankingTrainer.train(self, resume_from_checkpoint=resume_from_checkpoint, **train_kwargs)
         finally:
-            self._checkpoint_subdir = None
+            self._checkpoint_subdir, self._step_offset, self._expected_part_steps = None, 0, None
+
+    def steps_for_rows(self, num_rows: int) -> int:
+        """Optimizer steps `Trainer.train()` takes on a train set of `num_rows` rows with these arguments (known before
+        the rows are, so that a schedule over several parts can be made up front)."""
+        args = self.args
+        if args.max_steps > 0:
+            return args.max_steps
+        per_process = math.ceil(num_rows / args.world_size)  # the distributed sampler evens out the processes
+        batch_size = self._train_batch_size
+        batches = per_process // batch_size if args.dataloader_drop_last else math.ceil(per_process / batch_size)
+        accumulation = args.gradient_accumulation_steps
+        updates = max(batches // accumulation + int(batches % accumulation > 0), 1)
+        return math.ceil(args.num_train_epochs * updates)
+
+    def create_schedule_for_parts(self, total_steps: int) -> None:
+        """One learning-rate schedule over `total_steps`, the steps of every part `train_part` will train, kept across
+        its `Trainer.train()` calls (each of which would otherwise start a schedule of its own, warm-up included)."""
+        self.create_optimizer()
+        self.lr_scheduler = None
+        self.create_scheduler(num_training_steps=total_steps)
+        self._created_lr_scheduler = False  # not `Trainer`'s own: `train()` keeps it
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        epochs_trained, steps_trained = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if self._expected_part_steps is not None and max_steps != self._expected_part_steps:
+            raise RuntimeError(f"a part of {len(self.train_dataset)} rows trains {max_steps} steps, not the "
+                               f"{self._expected_part_steps} its schedule was made for")
+        offset = self._step_offset
+        if offset:
+            # `Trainer` counts from 0 in every `train()`; a part's steps go on from the parts before it. A resumed
+            # part's checkpoint holds the global count: its place within the part is the count less the offset
+            if resume_from_checkpoint is None:
+                self.state.global_step = offset
+            else:
+                in_part = self.state.global_step - offset
+                epochs_trained = int(in_part // num_update_steps_per_epoch)
+                steps_trained = 0 if self.args.ignore_data_skip else (
+                    in_part % num_update_steps_per_epoch) * self.args.gradient_accumulation_steps
+            self.state.max_steps = offset + max_steps
+        return epochs_trained, steps_trained
 
     def restore_checkpoint(self, checkpoint: str) -> None:
         """Weights, optimizer state, RNG state and the ranking state as `checkpoint` holds them, without training: the
         state a part left, before the next part trains (`train_part` keeps this optimizer)."""
-        from transformers.trainer import OPTIMIZER_NAME
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 
         self._load_from_checkpoint(checkpoint)
         self.create_optimizer()
         state = torch.load(Path(checkpoint) / OPTIMIZER_NAME, map_location=self.args.device, weights_only=True)
         self.optimizer.load_state_dict(state)
+        scheduler = Path(checkpoint) / SCHEDULER_NAME
+        if self.lr_scheduler is not None and scheduler.is_file():
+            self.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
         self._load_rng_state(checkpoint)
         self._load_ranking_state(checkpoint)
 
