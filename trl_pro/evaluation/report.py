@@ -34,37 +34,65 @@ def format_results_markdown(results: dict[str, dict[str, dict]], notes: Sequence
     return "\n".join(lines) + "\n"
 
 
+def plot_groups(results: dict[str, dict[str, dict]]) -> list[str]:
+    """The groups of bars `plot_results` draws: every subset and the total, or the only subset alone (its total is
+    the same numbers)."""
+    groups = list(next(iter(results.values())).keys())
+    subsets = [group for group in groups if group != TOTAL]
+    return subsets if len(subsets) == 1 else groups
+
+
+#: Value labels: font size (points), and above how many systems they are turned upright (side by side, the
+#: labels of 4+ systems need more room than a bar).
+LABEL_FONTSIZE = 7
+UPRIGHT_LABELS_ABOVE = 3
+#: Above this many bars per panel the value labels are left out (results.md has the numbers).
+MAX_LABELLED_BARS = 80
+
+
 def plot_results(results: dict[str, dict[str, dict]], path: str | os.PathLike, title: str = "") -> None:
-    """Bar chart: BLEU and Reward per subset and in total, one bar per system (written atomically)."""
+    """Bar chart: BLEU and Reward per subset and in total (`plot_groups`), one bar per system (written atomically).
+    The figure widens with the number of bars, so that their value labels never overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    subsets = list(next(iter(results.values())).keys())
+    groups = plot_groups(results)
     metrics = [("bleu", "BLEU (authors', x100)")]
     if any(by_subset[TOTAL]["reward"] is not None for by_subset in results.values()):
         metrics.append(("reward", "Reward (sigmoid x100)"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 + 2 * len(subsets), 4), squeeze=False)
-    width = 0.8 / len(results)
+    num_systems = len(results)
+    upright = num_systems > UPRIGHT_LABELS_ABOVE
+    labelled = num_systems * len(groups) <= MAX_LABELLED_BARS
+    # Room per bar, in inches: a label's height when upright ("%.1f" at 7 points), its width ("100.0") otherwise,
+    # with a margin; the x axis spans about the groups plus matplotlib's 5% margins
+    pitch = (1.4 if upright else 1.25) * LABEL_FONTSIZE / 72 * (1.2 if upright else 3.0)
+    span = (len(groups) - 0.2) * 1.1
+    axes_width = pitch * span * num_systems / 0.8
+    panel_width = max(4.0, 1.2 + axes_width)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 4.5), squeeze=False,
+                             layout="constrained")
+    width = 0.8 / num_systems
     for ax, (key, label) in zip(axes[0], metrics):
         for k, (system, by_subset) in enumerate(results.items()):
-            values = [by_subset[s][key] or 0.0 for s in subsets]
-            xs = [i + (k - (len(results) - 1) / 2) * width for i in range(len(subsets))]
+            values = [by_subset[g][key] or 0.0 for g in groups]
+            xs = [i + (k - (num_systems - 1) / 2) * width for i in range(len(groups))]
             bars = ax.bar(xs, values, width, label=system)
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(range(len(subsets)), subsets, rotation=15)
-        top = max((by_subset[s][key] or 0.0) for by_subset in results.values() for s in subsets)
-        ax.set_ylim(0, 1.3 * top if top > 0 else 1.0)  # room for the legend above the bars
+            if labelled:
+                ax.bar_label(bars, fmt="%.1f", fontsize=LABEL_FONTSIZE, rotation=90 if upright else 0)
+        ax.set_xticks(range(len(groups)), groups, rotation=15)
+        top = max((by_subset[g][key] or 0.0) for by_subset in results.values() for g in groups)
+        ax.set_ylim(0, (1.2 if upright else 1.1) * top if top > 0 else 1.0)  # room for the labels above the bars
         ax.set_ylabel(label)
         ax.set_title(label)
-        ax.legend(fontsize=8, loc="upper center", ncol=min(3, len(results)))
+    # One legend for both panels, below them: inside, it would cover the bars and labels of many systems
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize=8,
+               ncol=max(1, min(num_systems, int(panel_width * len(metrics) / 1.3))))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     try:
         atomic_write(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
     finally:
         plt.close(fig)
-
-

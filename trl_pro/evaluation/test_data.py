@@ -1,5 +1,5 @@
 """Test data for evaluation and judging: HH-RLHF subsets (the vendored harmless-base slice by default) and any ranked
-data, and the responses files of systems."""
+data, from any dataset the other commands read, and the responses files of systems."""
 
 from __future__ import annotations
 
@@ -60,19 +60,70 @@ def _subset_order(names: Iterable[str]) -> list[str]:
     return known + [name for name in names if name not in known]
 
 
+#: Local files read as they are (JSON arrays too, a bad line named), not through `datasets`: rows keep exactly their
+#: fields, as in a responses file, and the vendored slice loads without building a cache.
+_JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+def _looks_like_file(name: str) -> bool:
+    from trl_pro.data.loading import _COMPRESSIONS, _FILE_BUILDERS
+
+    suffixes = [suffix.lower() for suffix in Path(name).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in _FILE_BUILDERS
+
+
+def _views_folder_hint(path: Path) -> str | None:
+    """For a folder of `prepare_data` views (`<view>/<split>.parquet`, nothing to read at its top): which to give."""
+    if not path.is_dir() or any(_looks_like_file(child.name) for child in path.iterdir() if child.is_file()):
+        return None
+    views = sorted(child.name for child in path.iterdir() if child.is_dir() and any(child.glob("*.parquet")))
+    if len(views) < 2:
+        return None
+    best = "ranked" if "ranked" in views else views[0]
+    return (f"{path} holds several datasets ({', '.join(views)}, as `prepare_data` writes its views): give one, e.g. "
+            f"{path / best}")
+
+
+def read_test_rows(name: str, *, config: str | None = None, split: str = "test") -> list[dict]:
+    """The rows of one test dataset, named as every command names datasets (`trl_pro.data.load_named_dataset`): a hub
+    id (`config` its configuration), a local folder of data files (e.g. a `prepare_data` view, whose file names give
+    the splits), a `save_to_disk` folder, or a local json, jsonl, csv, parquet or arrow file, optionally compressed
+    (the whole file is the test data). Of a folder or hub dataset, `split` is read."""
+    from trl_pro.data.loading import load_named_dataset
+
+    path = Path(name).expanduser()
+    if path.is_file() and name.lower().endswith(_JSON_SUFFIXES):
+        return read_json_rows(path)
+    if not path.exists() and _looks_like_file(name):  # not a hub id: say so, without asking the hub
+        raise ValueError(f"dataset path {name} does not exist")
+    hint = _views_folder_hint(path)
+    if hint:
+        raise ValueError(hint)
+    dataset = load_named_dataset(name, config, train_split=split)
+    if split not in dataset:
+        raise ValueError(f"{name}: no '{split}' split to evaluate on (splits: {', '.join(sorted(dataset))}); choose "
+                         "one with --dataset_test_split")
+    return dataset[split].to_list()
+
+
 def load_test_data(
     files: dict[str, str] | Sequence[str] | None = None,
     *,
     subset_column: str = "subset",
     subsets: Sequence[str] | None = None,
     max_samples: int | None = None,
+    dataset_config: str | None = None,
+    dataset_test_split: str = "test",
 ) -> dict[str, list[EvalExample]]:
     """Test prompts and references by subset.
 
-    `files` maps subset names to files (one file per subset), or lists files whose rows carry their subset in
-    `subset_column` (rows without it go to a subset named after the file); None is the vendored HH-RLHF slice
-    (harmless-base test rows, subset `harmless_base`). `subsets` keeps those subsets, in that order; a subset with no
-    rows is an error. `max_samples` keeps the first rows of each subset.
+    `files` maps subset names to datasets (one dataset per subset), or lists datasets whose rows carry their subset in
+    `subset_column` (rows without it go to a subset named after the dataset); None is the vendored HH-RLHF slice
+    (harmless-base test rows, subset `harmless_base`). A dataset is a local file, a local folder or a hub id, read by
+    `read_test_rows` (with `dataset_config` and `dataset_test_split`). `subsets` keeps those subsets, in that order; a
+    subset with no rows is an error. `max_samples` keeps the first rows of each subset.
     """
     from trl_pro.assets import HH_RLHF_DIR
 
@@ -81,21 +132,21 @@ def load_test_data(
     by_subset: dict[str, list[EvalExample]] = {}
     named = isinstance(files, dict)
     items = files.items() if named else [(None, path) for path in files]
-    for subset_name, path in items:
-        path = Path(path)
-        rows = read_json_rows(path)
+    for subset_name, name in items:
+        name = str(name)
+        rows = read_test_rows(name, config=dataset_config, split=dataset_test_split)
         if named and not rows:
-            raise ValueError(f"subset '{subset_name}' has no rows (file {path})")
-        default = subset_name or path.name.split(".")[0]
+            raise ValueError(f"subset '{subset_name}' has no rows ({name})")
+        default = subset_name or Path(name).name.split(".")[0]
         for index, row in enumerate(rows):
             subset = subset_name if named else row.get(subset_column, default)
             if not isinstance(subset, str) or not subset:
-                raise ValueError(f"{path}: row {index}, field '{subset_column}': expected a subset name, got "
+                raise ValueError(f"{name}: row {index}, field '{subset_column}': expected a subset name, got "
                                  f"{subset!r}")
             try:
                 example = example_from_row(row, index, subset)
             except ValueError as error:
-                raise ValueError(f"{path}: {error}") from None
+                raise ValueError(f"{name}: {error}") from None
             by_subset.setdefault(subset, []).append(example)
     if subsets:
         missing = [name for name in subsets if not by_subset.get(name)]

@@ -17,6 +17,12 @@ trl-pro eval --system chatgpt=responses/chatgpt.jsonl --system pro=outputs/pro -
 ```bash
 trl-pro eval --comparison_dir outputs/comparison --output_dir outputs/eval
 ```
+
+# Test data as for every other command: a hub id, a folder (the test split of a `prepare_data` view) or a file
+```bash
+trl-pro eval --system pro=outputs/pro --dataset_name data/hh_rlhf/ranked --output_dir outputs/eval
+trl-pro eval --system pro=outputs/pro --dataset_name harmless_base=hb.parquet helpful_base=hp.csv --output_dir out
+```
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from trl import TrlParser  # noqa: E402
 
 from trl_pro.cli.errors import OneLineErrors, run_main  # noqa: E402
+from trl_pro.utils.errors import SetupError  # noqa: E402
 from trl_pro.utils.quiet import quiet_known_noise  # noqa: E402
 
 
@@ -61,12 +68,25 @@ class EvalScriptArguments:
                   "lists ({\"systems\": [{\"name\", \"path\", \"prompt_suffix\"}]}, paths relative to the folder) "
                   "is evaluated, besides the --system ones.", "aliases": ["--comparison"]},
     )
+    dataset_name: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Test data, named as for every other command: a hub id, a local folder (a `prepare_data` "
+                  "view such as <output_dir>/ranked, a folder of data files, a `save_to_disk` folder) or a local "
+                  "json, jsonl, csv, parquet or arrow file (optionally .gz/.bz2/.xz/.zst compressed: the whole file "
+                  "is the test data). Rows: HH-RLHF pairs (chosen/rejected), preference rows with a prompt, ranked "
+                  "rows (prompt, completions[, scores]) or the PRO authors' rows (prefix, suffix). SUBSET=NAME gives "
+                  "one dataset per subset (repeat the flag, or give several); a bare NAME takes each row's subset "
+                  "from --subset_column. Default: the vendored HH-RLHF test slice (200 harmless-base rows)."},
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration of a hub dataset (`name` of `datasets.load_dataset`)."}
+    )
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split of a folder or hub dataset to evaluate on."}
+    )
     test_file: list[str] = field(
         default_factory=list,
-        metadata={"help": "Test data: files of HH-RLHF pairs (chosen/rejected), preference rows with a prompt, "
-                  "ranked rows (prompt, completions[, scores]) or the PRO authors' rows (prefix, suffix); json, "
-                  "jsonl or .gz. SUBSET=PATH gives one file per subset; a bare PATH takes each row's subset from "
-                  "--subset_column. Default: the vendored HH-RLHF test slice (200 harmless-base rows)."},
+        metadata={"help": "Alias of --dataset_name (its name in earlier versions); both lists are read."},
     )
     subset_column: str = field(default="subset", metadata={"help": "Column holding each row's subset name."})
     subsets: list[str] | None = field(
@@ -131,38 +151,76 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
                                        dataclass_types=(EvalScriptArguments,), **kwargs)
     else:
         parser = EvalParser((EvalScriptArguments,), prog=prog or PROG, allow_abbrev=False, **kwargs)
-    _extend_list_flags(parser, ("system", "prompt_suffix", "test_file"))
+    _extend_list_flags(parser, ("system", "prompt_suffix", "dataset_name", "test_file"))
     return parser
 
 
-def _test_files(items: list[str]):
+#: The `eval` extra: what the metrics and the plot import (checked before anything is loaded or generated).
+EVAL_EXTRA_MODULES = ("nltk", "sacrebleu", "matplotlib")
+
+
+def check_eval_dependencies() -> None:
+    """Fail with the install command when a module of the `eval` extra cannot be imported."""
+    import importlib
+
+    missing = []
+    for module in EVAL_EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise SetupError(f"{', '.join(missing)} not installed (the metrics and the plot need the `eval` extra): "
+                         "pip install 'trl-pro[eval]'")
+
+
+def parse_test_datasets(items: list[str]) -> dict[str, str] | list[str] | None:
+    """`--dataset_name` values: `{subset: dataset}` when given as SUBSET=NAME, the names otherwise (None: none)."""
     if not items:
         return None
     named = ["=" in item and "/" not in item.split("=", 1)[0] for item in items]
     if any(named) and not all(named):
-        raise ValueError("--test_file: give every file as SUBSET=PATH, or none")
+        raise ValueError("--dataset_name: give every dataset as SUBSET=NAME, or none")
     if all(named):
-        files = {}
+        datasets = {}
         for item in items:
-            subset, _, path = item.partition("=")
-            if subset in files:
-                raise ValueError(f"--test_file: subset {subset!r} is given twice")
-            files[subset] = path
-        return files
+            subset, _, name = item.partition("=")
+            if subset in datasets:
+                raise ValueError(f"--dataset_name: subset {subset!r} is given twice")
+            datasets[subset] = name
+        return datasets
     return items
+
+
+def load_test_data_from_args(args, max_samples: int | None = None):
+    """The test data of `args` (`dataset_name` and its alias `test_file`, `dataset_config`, `dataset_test_split`, and
+    `subset_column`/`subsets` where the command has them)."""
+    from trl_pro.evaluation.test_data import load_test_data
+
+    # A YAML `dataset_name: x.parquet` is a string, not a list
+    names = [name for value in (args.dataset_name, args.test_file)
+             for name in ([value] if isinstance(value, str) else value or [])]
+    return load_test_data(
+        parse_test_datasets(names),
+        subset_column=getattr(args, "subset_column", "subset"),
+        subsets=getattr(args, "subsets", None),
+        max_samples=max_samples,
+        dataset_config=args.dataset_config,
+        dataset_test_split=args.dataset_test_split,
+    )
 
 
 def main(args: EvalScriptArguments) -> dict:
     from trl_pro.evaluation.systems import evaluate_systems, parse_system_specs, read_comparison_folder
-    from trl_pro.evaluation.test_data import load_test_data
 
     if not args.output_dir:
         raise ValueError("--output_dir is required")
+    # Before any model is loaded: otherwise a missing extra shows only after every response is generated
+    check_eval_dependencies()
     systems = parse_system_specs(args.system, args.prompt_suffix)
     if args.comparison_dir:
         systems += read_comparison_folder(args.comparison_dir)
-    test_data = load_test_data(_test_files(args.test_file), subset_column=args.subset_column, subsets=args.subsets,
-                               max_samples=args.max_samples)
+    test_data = load_test_data_from_args(args, max_samples=args.max_samples)
     results = evaluate_systems(
         systems, test_data, args.output_dir,
         reward_model_name_or_path=args.reward_model_name_or_path, reward_prompt_format=args.reward_prompt_format,
@@ -183,7 +241,7 @@ def cli_main(argv: list[str] | None = None) -> None:
 
     quiet_known_noise()
     (args,) = parse_args(make_parser(), argv)
-    run_main(PROG, main, args, plain_errors=(ValueError,))
+    run_main(PROG, main, args, plain_errors=(ValueError, SetupError))
 
 
 if __name__ == "__main__":

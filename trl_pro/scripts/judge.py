@@ -14,6 +14,12 @@ trl-pro judge --responses a.jsonl b.jsonl --base_url http://127.0.0.1:8000/v1 --
 trl-pro judge --responses a.jsonl b.jsonl --judge_model_name_or_path path/to/lm --output_dir out
 ```
 
+# On the test data the responses answer (subsets from it; --max_samples prompts of each), named as for `trl-pro eval`
+```bash
+trl-pro judge --responses a.jsonl b.jsonl --dataset_name data/hh_rlhf/ranked --max_samples 50 --model gpt-4 \
+    --output_dir out
+```
+
 # Human evaluation: a blind A/B sheet, then its labels
 ```bash
 trl-pro judge --responses a.jsonl b.jsonl --export_human --output_dir out    # fill out/human_sheet.csv
@@ -31,6 +37,7 @@ from pathlib import Path
 from trl import TrlParser  # noqa: E402
 
 from trl_pro.cli.errors import OneLineErrors, run_main  # noqa: E402
+from trl_pro.utils.errors import SetupError  # noqa: E402
 from trl_pro.utils.quiet import quiet_known_noise  # noqa: E402
 
 
@@ -52,10 +59,22 @@ class JudgeScriptArguments:
         metadata={"help": "Folder for judge_results.json/md, the judgment cache judgments.jsonl (a rerun pays "
                   "nothing twice), and the human sheet (required)."},
     )
+    dataset_name: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Optional test data, named as for `trl-pro eval` (a hub id, a local folder such as a "
+                  "`prepare_data` view, or a json, jsonl, csv or parquet file; SUBSET=NAME for one per subset): then "
+                  "both files must answer exactly its prompts, and subsets come from it; otherwise from the responses "
+                  "files' `subset` field."},
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration of a hub dataset (`name` of `datasets.load_dataset`)."}
+    )
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split of a folder or hub dataset that the responses answer."}
+    )
     test_file: list[str] = field(
         default_factory=list,
-        metadata={"help": "Optional test data (as for `trl-pro eval`): then both files must answer exactly its "
-                  "prompts, and subsets come from it; otherwise from the responses files' `subset` field."},
+        metadata={"help": "Alias of --dataset_name (its name in earlier versions); both lists are read."},
     )
     max_samples: int | None = field(
         default=None, metadata={"help": "Judge the first N prompts of each subset (the paper samples a few)."}
@@ -112,7 +131,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     else:
         parser = JudgeParser((JudgeScriptArguments,), prog=prog or PROG, allow_abbrev=False, **kwargs)
     for action in parser._actions:
-        if action.dest in ("responses", "test_file"):
+        if action.dest in ("responses", "dataset_name", "test_file"):
             action.__class__ = argparse._ExtendAction
     return parser
 
@@ -126,8 +145,7 @@ def _named(spec: str) -> tuple[str, str]:
 
 def main(args: JudgeScriptArguments) -> dict | None:
     from trl_pro.evaluation import judges
-    from trl_pro.evaluation.test_data import load_test_data
-    from trl_pro.scripts.eval import _test_files
+    from trl_pro.scripts.eval import load_test_data_from_args
 
     if not args.output_dir:
         raise ValueError("--output_dir is required")
@@ -142,8 +160,8 @@ def main(args: JudgeScriptArguments) -> dict | None:
     first_responses, first_subsets = judges.read_responses_with_subsets(first_path)
     second_responses, _ = judges.read_responses_with_subsets(second_path)
     test_data = None
-    if args.test_file:
-        test_data = load_test_data(_test_files(args.test_file), max_samples=args.max_samples)
+    if args.dataset_name or args.test_file:
+        test_data = load_test_data_from_args(args, max_samples=args.max_samples)
         kept = {ex.prompt for examples in test_data.values() for ex in examples}
     elif args.max_samples is not None:
         kept, counts = set(), {}
@@ -189,7 +207,7 @@ def cli_main(argv: list[str] | None = None) -> None:
 
     quiet_known_noise()
     (args,) = parse_args(make_parser(), argv)
-    run_main(PROG, main, args, plain_errors=(ValueError, RuntimeError))
+    run_main(PROG, main, args, plain_errors=(ValueError, RuntimeError, SetupError))
 
 
 if __name__ == "__main__":
