@@ -45,7 +45,7 @@ from trl import ScriptArguments, TrlParser  # noqa: E402
 
 from trl_pro.cli.errors import OneLineErrors, debug_enabled, fail, one_line_errors
 from trl_pro.cli.launch import check_launch_args, config_path_of, normalize_config_flags, resolve_launch_args  # noqa: E402
-from trl_pro.data.loading import _column_map, _rename_columns, _split, load_dataset_splits
+from trl_pro.data.loading import _column_map, _rename_columns, _split, load_dataset_splits, rows_with_line_numbers
 from trl_pro.pipeline.models import TINY_LLAMA, resolve_model
 from trl_pro.utils.errors import SetupError
 from trl_pro.utils.quiet import quiet_known_noise  # noqa: E402
@@ -229,7 +229,9 @@ def train(script_args, training_args, model_args, dataset_args, method: Training
 
     quiet_known_noise()
     hint = "" if training_args.drop_invalid_rows else "set drop_invalid_rows to drop such rows"
-    with one_line_errors(method.prog, hint=hint):
+    # the rows of one local file (`--dataset_name data.jsonl`) are its train split: a bad row names its line too
+    source = None if dataset_args.datasets else script_args.dataset_name
+    with one_line_errors(method.prog, hint=hint), rows_with_line_numbers(source):
         trainer, eval_dataset = build_trainer(script_args, training_args, model_args, dataset_args, method)
 
     before = after = None

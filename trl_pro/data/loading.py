@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import json  # noqa: E402
+import lzma
+import os
+import re
 from pathlib import Path  # noqa: E402
 
 from trl_pro.utils.errors import SetupError
@@ -34,14 +40,89 @@ def _file_builder(path: Path) -> str:
     return builder
 
 
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only be a local path, never a hub id (`name` or `org/name`): it starts with `.`, `/` or
+    `~`, or holds two or more path separators."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    return name.startswith((".", "~", *separators)) or os.path.isabs(name) or sum(map(name.count, separators)) > 1
+
+
+def _local_path(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.exists() and name.startswith("trl_pro/"):  # the embedded data, from any working directory
+        path = Path(__file__).resolve().parents[2] / name
+    return path
+
+
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+_ROW = re.compile(r"Row (\d+)\b")
+
+
+def _json_lines_opener(path: Path):
+    """How to read `path` as text lines if it is a local .json/.jsonl file (plain, .gz, .bz2 or .xz), else None."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in _COMPRESSIONS else None
+    if compression is not None:
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in (".json", ".jsonl") or (compression and compression not in _OPENERS):
+        return None
+    return _OPENERS.get(compression, open)
+
+
+def line_of_row(path: Path, row: int) -> int | None:
+    """The line (1-based) of JSON Lines file `path` that holds row `row`, as `datasets` reads it (a blank line holds
+    no row), or None when the file is a JSON array or has no such row."""
+    opener = _json_lines_opener(path)
+    if opener is None:
+        return None
+    seen = -1
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if seen == -1 and line.lstrip().startswith("["):  # one JSON array: rows are not lines
+                return None
+            seen += 1
+            if seen == row:
+                return number
+    return None
+
+
+def with_line_numbers(message: str, name: str | None) -> str:
+    """`message` with its leading "Row N" followed by "(line L of FILE)" when the rows come, in order, from the local
+    JSON Lines file (.json/.jsonl, optionally compressed) that the dataset name `name` stands for; else unchanged."""
+    match = _ROW.match(message)
+    if match is None or not name:
+        return message
+    path = _local_path(name)
+    line = line_of_row(path, int(match.group(1))) if path.is_file() else None
+    if line is None:
+        return message
+    return f"{match.group(0)} (line {line} of {path.name}){message[match.end():]}"
+
+
+@contextlib.contextmanager
+def rows_with_line_numbers(name: str | None):
+    """Inside, a `ValueError` that names a row ("Row N...") of the dataset `name` also names its line, where the rows
+    are those of one local JSON Lines file (`with_line_numbers`)."""
+    try:
+        yield
+    except ValueError as error:
+        if error.args and isinstance(error.args[0], str):
+            message = with_line_numbers(error.args[0], name)
+            if message != error.args[0]:
+                error.args = (message, *error.args[1:])  # the same error, its type and traceback kept
+        raise
+
+
 def load_named_dataset(name: str, config: str | None = None, train_split: str = "train", streaming: bool = False):
     """A dataset by name: a local file (becomes the `train_split` split), a folder written by `save_to_disk`, a
     local folder of data files (their names give the splits) or a hub id, as a `DatasetDict`."""
     from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
 
-    path = Path(name).expanduser()
-    if not path.exists() and name.startswith("trl_pro/"):  # the embedded data, from any working directory
-        path = Path(__file__).resolve().parents[2] / name
+    path = _local_path(name)
     if path.is_file():
         return load_dataset(_file_builder(path), data_files={train_split: str(path)}, streaming=streaming)
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
@@ -53,7 +134,7 @@ def load_named_dataset(name: str, config: str | None = None, train_split: str = 
         return dataset
     if path.is_dir():
         return load_dataset(str(path), name=config, streaming=streaming)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if looks_like_local_path(name):
         raise SetupError(f"dataset path {name} does not exist")
     return load_dataset(name, name=config, streaming=streaming)
 

@@ -11,7 +11,24 @@ from typing import Any
 
 import torch
 
+from trl_pro.data.loading import looks_like_local_path
 from trl_pro.utils.errors import SetupError
+
+
+class NoSuchFolderError(SetupError, ValueError):
+    """A model path that can only be local (`looks_like_local_path`) and does not exist. Both a `SetupError` and a
+    `ValueError`, so that every command shows it as its message alone."""
+
+
+def check_local_path(name: str) -> str:
+    """`name` as `from_pretrained` should get it (`~` expanded for a local path); a name that can only be a local path
+    and does not exist raises `NoSuchFolderError` at once, where `from_pretrained` would try the hub with it."""
+    if not looks_like_local_path(name):
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise NoSuchFolderError(f"no such folder: {name}")
+    return str(path) if name.startswith("~") else name
 
 
 def from_pretrained_kwargs(dtype: Any, load_in_4bit: bool, trust_remote_code: bool) -> dict[str, Any]:
@@ -79,6 +96,7 @@ def resolve_model(model_args, training_args):
         raise SetupError(
             f"no model: give --model_name_or_path (a hub id, a local path, or the built-in {TINY_LLAMA})"
         )
+    name = check_local_path(name)
     quantization_config = get_quantization_config(model_args)
     peft_config = get_peft_config(model_args)
     if quantization_config is not None and peft_config is None:
@@ -136,12 +154,19 @@ def load_policy(
 
     from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer
 
+    name_or_path = check_local_path(name_or_path)
+    if adapter_path is not None:
+        adapter_path = check_local_path(adapter_path)
     if adapter_path is None and (Path(name_or_path) / "adapter_config.json").is_file():
         adapter_path = name_or_path
         name_or_path = json.loads((Path(name_or_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
         if name_or_path == TINY_LLAMA:
             raise ValueError(f"{adapter_path}: an adapter on the built-in {TINY_LLAMA} (random init) cannot be "
                              "reloaded; train it with a saved base model")
+        try:
+            name_or_path = check_local_path(name_or_path)
+        except NoSuchFolderError as error:  # the base model was moved or deleted since the adapter was saved
+            raise NoSuchFolderError(f"{error} (the base model of the adapter {adapter_path})") from None
     if name_or_path == TINY_LLAMA:
         model, tokenizer = build_tiny_llama(seed=seed), load_tiny_tokenizer()
         torch_dtype = _to_dtype(dtype)

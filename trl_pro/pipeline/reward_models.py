@@ -27,7 +27,7 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXModel, GPTNeoXPreTrainedModel
 
 from trl_pro.data.formats import is_messages
-from trl_pro.pipeline.models import from_pretrained_kwargs
+from trl_pro.pipeline.models import check_local_path, from_pretrained_kwargs
 
 
 __all__ = [
@@ -146,6 +146,7 @@ def load_reward_model(
     gets a pad token (its EOS when it has none) and the model's config the matching `pad_token_id`, so batches of
     several rows can be scored. Truncation is set to the left, so that a long text keeps its response.
     """
+    name_or_path = check_local_path(name_or_path)  # a mistyped path fails here, not after hub retries
     kwargs = from_pretrained_kwargs(dtype, load_in_4bit, trust_remote_code)
     if load_in_4bit:
         if device is not None:

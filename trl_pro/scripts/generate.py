@@ -20,7 +20,8 @@ trl-pro generate --dataset_name hh_plus_model.jsonl.gz --base_url http://127.0.0
     --num_generations 1 --output_path hh_plus_two_models.jsonl.gz
 ```
 
-The run is written in shards and resumes after an interruption (same command line); see `trl_pro/scripts/_shards.py`.
+The run is written in shards and resumes after an interruption (same command line); rerun once finished, it has
+nothing to do unless `--overwrite` (see `trl_pro/utils/shards.py`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class DataArguments(ScriptArguments):
         metadata={"help": "Drop rows PRO cannot use (e.g. an empty response), with a count, instead of stopping."},
     )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Redo the output even when it is the finished output of this run, and replace an output of "
+                  "other settings (refused otherwise)."},
+    )
 
 
 @dataclass
@@ -111,12 +117,24 @@ class Parser(OneLineErrors, TrlParser):
     """`TrlParser` with one-line errors."""
 
 
+#: Flags of TRL's `ScriptArguments` that mean nothing here (a DDP debugging switch of training): accepted, not listed.
+HIDDEN_FLAGS = ("ignore_bias_buffers",)
+
+
+def hide_flags(parser):
+    """`parser` with the `HIDDEN_FLAGS` left out of its usage and `--help` (also `trl-pro rank`'s)."""
+    for action in parser._actions:
+        if action.dest in HIDDEN_FLAGS:
+            action.help = argparse.SUPPRESS
+    return parser
+
+
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     dataclass_types = (DataArguments, GenerateArguments)
     description = "Generate k candidates per prompt and add them to a dataset (see the module docstring)."
     if subparsers is not None:
-        return subparsers.add_parser("generate", help=description, dataclass_types=dataclass_types)
-    return Parser(dataclass_types, prog=prog or PROG, allow_abbrev=False, description=description)
+        return hide_flags(subparsers.add_parser("generate", help=description, dataclass_types=dataclass_types))
+    return hide_flags(Parser(dataclass_types, prog=prog or PROG, allow_abbrev=False, description=description))
 
 
 def parse(parser, argv: list[str] | None):
@@ -150,11 +168,26 @@ def fingerprint(rows: list[dict]) -> str:
     return digest.hexdigest()[:16]
 
 
-def input_rankings(rows: list[dict], drop_invalid_rows: bool = False) -> list[dict]:
-    """Rows of any accepted format as rankings with `sources` (see `trl_pro.pipeline.rankings.dataset_rankings`)."""
+def input_rankings(rows: list[dict], drop_invalid_rows: bool = False, dataset_name: str | None = None) -> list[dict]:
+    """Rows of any accepted format as rankings with `sources` (see `trl_pro.pipeline.rankings.dataset_rankings`); a
+    bad row of a local JSON Lines file `dataset_name` is named by its line too."""
+    from trl_pro.data.loading import rows_with_line_numbers
     from trl_pro.pipeline.rankings import dataset_rankings
 
-    return dataset_rankings(rows, drop_invalid_rows=drop_invalid_rows)
+    with rows_with_line_numbers(dataset_name):
+        return dataset_rankings(rows, drop_invalid_rows=drop_invalid_rows)
+
+
+def sharded_output(prog: str, data_args: DataArguments, num_rows: int, manifest: dict):
+    """The run's `ShardedOutput`, or None (and says so) when the output already is this run's finished output."""
+    from trl_pro.utils.shards import ShardedOutput
+
+    output = ShardedOutput(data_args.output_path, num_rows, data_args.shard_size, manifest, data_args.overwrite)
+    if output.complete:
+        print(f"{prog}: {data_args.output_path} is complete ({output.finished_rows} rows); nothing to do "
+              "(--overwrite redoes it)")
+        return None
+    return output
 
 
 def select_source(args: GenerateArguments):
@@ -190,18 +223,20 @@ def check_data_command(data_args: DataArguments) -> None:
 
 def main(data_args: DataArguments, args: GenerateArguments) -> int:
     from trl_pro.pipeline.generation import GenerationStats, collect_candidates
-    from trl_pro.utils.shards import ShardedOutput
 
     check_data_command(data_args)
     if args.num_generations < 1:
         raise ValueError(f"--num_generations must be >= 1, got {args.num_generations}")
     select_source(args)  # a missing or ill-specified source is reported before the data is read
     rows = load_rows(data_args)
-    rankings = input_rankings(rows, data_args.drop_invalid_rows)  # validates every row before any generation
+    # validates every row before any generation
+    rankings = input_rankings(rows, data_args.drop_invalid_rows, data_args.dataset_name)
     manifest = {"command": "generate", "input": fingerprint(rows), "args": asdict(args)}
     manifest["args"].pop("max_retries", None)  # may change between attempts without changing the output
+    output = sharded_output(PROG, data_args, len(rankings), manifest)  # before the model is loaded
+    if output is None:
+        return 0
     source, seed_box = build_source(args, data_args.progress)  # a bad source fails before anything is written
-    output = ShardedOutput(data_args.output_path, len(rankings), data_args.shard_size, manifest)
     stats = GenerationStats()
     for shard, indices in output.iter_pending(PROG, data_args.progress):
         if seed_box is not None:

@@ -43,7 +43,8 @@ Sources:
   in score (no preference for DPO, CoH or best-of-n to learn) are dropped from every view. Without a `test` split,
   `--test_size` of the rows is held out, with `--seed`. Extra columns (such as the candidates' sources) are left out.
 
-`--dataset_name` may also be a local file or folder (as in `trl-pro pro`).
+`--dataset_name` may also be a local file or folder (as in `trl-pro pro`). The run says how many rows of each split
+it dropped and why the first one was (its row, and its line for a local JSON Lines file).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ultrafeedback_ranking(example, score_field: str, template: str) -> dict:
+def _ultrafeedback_ranking(example, index: int, score_field: str, template: str) -> dict:
     candidates = []
     for record in example.get("completions") or []:
         response = (record or {}).get("response")
@@ -129,8 +130,15 @@ def _ultrafeedback_ranking(example, score_field: str, template: str) -> dict:
     else:
         prompt, completions = instruction, [response for _, response in candidates]
     scores = [score for score, _ in candidates]
-    keep = bool(instruction) and len(candidates) >= 2 and scores[0] > scores[-1]
-    return {"prompt": prompt, "completions": completions, "scores": scores, "_keep": keep}
+    reason = ""  # why the row is dropped, as a row error; empty: kept
+    if not instruction:
+        reason = f"Row {index}, field 'instruction': empty instruction"
+    elif len(candidates) < 2:
+        reason = (f"Row {index}, field 'completions': fewer than 2 candidates with a response and a finite "
+                  f"{score_field}")
+    elif scores[0] == scores[-1]:
+        reason = f"Row {index}, field 'completions': all candidates tied in {score_field}"
+    return {"prompt": prompt, "completions": completions, "scores": scores, "_reason": reason}
 
 
 def _hh_ranking(example, index: int) -> dict:
@@ -138,9 +146,9 @@ def _hh_ranking(example, index: int) -> dict:
 
     try:
         ranking = to_ranking(example, index, PAIRWISE, expect_scores=False)
-    except ValueError:
-        return {"prompt": "", "completions": [], "scores": None, "_keep": False}
-    return {"prompt": ranking["prompt"], "completions": ranking["completions"], "scores": None, "_keep": True}
+    except ValueError as error:
+        return {"prompt": "", "completions": [], "scores": None, "_reason": str(error)}
+    return {"prompt": ranking["prompt"], "completions": ranking["completions"], "scores": None, "_reason": ""}
 
 
 def _ranked_ranking(example, index: int, data_format: str, expect_scores: bool) -> dict:
@@ -148,23 +156,22 @@ def _ranked_ranking(example, index: int, data_format: str, expect_scores: bool) 
 
     try:
         ranking = rank(to_ranking(example, index, data_format, expect_scores), index, None)
-    except ValueError:
-        return {"prompt": "", "completions": [], "scores": None, "_keep": False}
+    except ValueError as error:
+        return {"prompt": "", "completions": [], "scores": None, "_reason": str(error)}
     scores = ranking["scores"]
-    keep = scores is None or scores[0] > scores[-1]
-    return {"prompt": ranking["prompt"], "completions": ranking["completions"], "scores": scores, "_keep": keep}
+    # no preference for DPO, CoH or best-of-n to learn
+    reason = "" if scores is None or scores[0] > scores[-1] else f"Row {index}: all candidates tied in score"
+    return {"prompt": ranking["prompt"], "completions": ranking["completions"], "scores": scores, "_reason": reason}
 
 
-def rankings(source: str, dataset, args) -> tuple[object, dict[str, int]]:
-    """Every split as rankings (`prompt`, `completions` best first, `scores` or None); returns (DatasetDict, dropped
-    rows per split)."""
+def _converted(source: str, dataset, args):
+    """Every loaded split as rankings with a `_reason` column (why a row is dropped, as a row error; empty: kept)."""
     from datasets import DatasetDict
 
-    if source in ("ultrafeedback", "ranked") and "test" not in dataset:
-        dataset = dataset["train"].train_test_split(test_size=args.test_size, seed=args.seed)
     if source == "ultrafeedback":
-        convert = lambda example: _ultrafeedback_ranking(example, args.score_field, args.prompt_template)  # noqa: E731
-        kwargs = {}
+        convert = lambda example, index: _ultrafeedback_ranking(  # noqa: E731
+            example, index, args.score_field, args.prompt_template
+        )
     elif source == "ranked":
         from trl_pro.data import formats
         from trl_pro.data.formats import detect_format
@@ -173,16 +180,40 @@ def rankings(source: str, dataset, args) -> tuple[object, dict[str, int]]:
         first = dataset["train"][0]
         expect_scores = formats.has_scores(first)
         convert = lambda example, index: _ranked_ranking(example, index, data_format, expect_scores)  # noqa: E731
-        kwargs = {"with_indices": True}
     else:
-        convert, kwargs = _hh_ranking, {"with_indices": True}
-    out, dropped = {}, {}
-    for split, data in dataset.items():
-        mapped = data.map(convert, remove_columns=data.column_names, num_proc=args.num_proc, desc=split, **kwargs)
-        kept = mapped.filter(lambda keep: keep, input_columns="_keep").remove_columns("_keep")
-        dropped[split] = len(mapped) - len(kept)
-        out[split] = kept
-    return DatasetDict(out), dropped
+        convert = _hh_ranking
+    # Not from the cache: `datasets` hashes a module's function by its name, so that a cache an older version wrote
+    # (other columns) would be reused
+    return DatasetDict({
+        split: data.map(convert, with_indices=True, remove_columns=data.column_names, num_proc=args.num_proc,
+                        desc=split, load_from_cache_file=False)
+        for split, data in dataset.items()
+    })
+
+
+def _first_reasons(converted) -> dict[str, tuple[int, int, str]]:
+    """Per loaded split with dropped rows: (rows dropped, rows, the reason of the first one in the data's order)."""
+    reasons = {split: [reason for reason in data["_reason"] if reason] for split, data in converted.items()}
+    return {split: (len(found), len(converted[split]), found[0]) for split, found in reasons.items() if found}
+
+
+def _kept(source: str, converted, args) -> tuple[object, dict[str, int]]:
+    """The converted splits (`test` held out where there is none) without their dropped rows, and how many."""
+    from datasets import DatasetDict
+
+    # Split after the conversion, so that a row error names the row of the data; the split is the same as of the
+    # raw rows (it depends on the row count and the seed only)
+    if source in ("ultrafeedback", "ranked") and "test" not in converted:
+        converted = converted["train"].train_test_split(test_size=args.test_size, seed=args.seed)
+    out = {split: data.filter(lambda reason: not reason, input_columns="_reason").remove_columns("_reason")
+           for split, data in converted.items()}
+    return DatasetDict(out), {split: len(converted[split]) - len(data) for split, data in out.items()}
+
+
+def rankings(source: str, dataset, args) -> tuple[object, dict[str, int]]:
+    """Every split as rankings (`prompt`, `completions` best first, `scores` or None); returns (DatasetDict, dropped
+    rows per split)."""
+    return _kept(source, _converted(source, dataset, args), args)
 
 
 def _pair_rows(batch, pairs: str) -> dict[str, list]:
@@ -236,7 +267,7 @@ def write_views(all_views: dict[str, object], output_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trl_pro.data.loading import load_named_dataset
+    from trl_pro.data.loading import load_named_dataset, with_line_numbers
 
     quiet_known_noise()
     args = make_parser().parse_args(argv)
@@ -247,11 +278,15 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, f"--dataset_name is required with --source {args.source}")
     with one_line_errors(PROG):
         dataset = load_named_dataset(name)
-        ranked, dropped = rankings(args.source, dataset, args)
+        converted = _converted(args.source, dataset, args)
+        ranked, dropped = _kept(args.source, converted, args)
         output_dir = Path(args.output_dir)
         written = write_views(views(ranked, args.pairs), output_dir)
         if "coh" not in written:
             print("The coh view is not written: Chain of Hindsight needs plain-text prompts and completions")
+    for split, (count, total, reason) in _first_reasons(converted).items():
+        # one local JSON Lines file is the loaded `train` split: its rows are the file's lines
+        print(f"Dropped {count} of {total} rows of the {split} split; first: {with_line_numbers(reason, name)}")
     sizes = ", ".join(f"{split} {len(rows)} (dropped {dropped[split]})" for split, rows in ranked.items())
     print(f"Wrote {', '.join(written)} views of {name} to {output_dir}: {sizes}")
 

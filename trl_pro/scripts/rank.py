@@ -24,7 +24,8 @@ trl-pro rank --dataset_name hh_plus_model.jsonl.gz --reward_model_name_or_path m
 (`<|prompter|>…<|endoftext|><|assistant|>…<|endoftext|>`, OpenAssistant's models, chosen automatically for them),
 `chat_template` (the reward model's template), `plain` (prompt + completion + EOS, as TRL's RewardTrainer trains) or
 `auto`. `--keep_human_order` keeps the dataset's own order (generated candidates follow it, by score), writing the
-scores as `rm_scores`. The run is written in shards and resumes after an interruption (same command line).
+scores as `rm_scores`. The run is written in shards and resumes after an interruption (same command line); rerun
+once finished, it has nothing to do unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from trl_pro.scripts.generate import (
     Parser,
     check_data_command,
     fingerprint,
+    hide_flags,
     input_rankings,
     load_rows,
     run_command,
+    sharded_output,
 )
 
 
@@ -85,8 +88,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     dataclass_types = (DataArguments, RankArguments)
     description = "Score candidates with a reward model and sort each ranking (see the module docstring)."
     if subparsers is not None:
-        return subparsers.add_parser("rank", help=description, dataclass_types=dataclass_types)
-    return Parser(dataclass_types, prog=prog or PROG, allow_abbrev=False, description=description)
+        return hide_flags(subparsers.add_parser("rank", help=description, dataclass_types=dataclass_types))
+    return hide_flags(Parser(dataclass_types, prog=prog or PROG, allow_abbrev=False, description=description))
 
 
 def split_generated(ranking: dict) -> tuple[dict, list[tuple]]:
@@ -108,17 +111,21 @@ def split_generated(ranking: dict) -> tuple[dict, list[tuple]]:
 
 
 def main(data_args: DataArguments, args: RankArguments) -> int:
+    from trl_pro.data.loading import rows_with_line_numbers
     from trl_pro.pipeline.rankings import RankingStats, build_rankings
     from trl_pro.pipeline.reward_models import load_reward_model
-    from trl_pro.utils.shards import ShardedOutput
 
     check_data_command(data_args)
     rows = load_rows(data_args)
     # every row is validated before the reward model is loaded
-    split = [split_generated(ranking) for ranking in input_rankings(rows, data_args.drop_invalid_rows)]
+    rankings = input_rankings(rows, data_args.drop_invalid_rows, data_args.dataset_name)
+    split = [split_generated(ranking) for ranking in rankings]
     if args.reward_model_name_or_path is None and any(r["scores"] is None or g for r, g in split):
         raise ValueError("the dataset has candidates without scores: give --reward_model_name_or_path")
     manifest = {"command": "rank", "input": fingerprint(rows), "args": asdict(args)}
+    output = sharded_output(PROG, data_args, len(split), manifest)  # before the reward model is loaded
+    if output is None:
+        return 0
     reward_model = tokenizer = None
     if args.reward_model_name_or_path is not None:
         import torch
@@ -127,16 +134,18 @@ def main(data_args: DataArguments, args: RankArguments) -> int:
             args.reward_model_name_or_path, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
             device="cuda" if torch.cuda.is_available() else None, trust_remote_code=args.trust_remote_code,
         )
-    output = ShardedOutput(data_args.output_path, len(split), data_args.shard_size, manifest)
     stats = RankingStats()
+    # the rows scored are the file's rows when none was dropped: a row error can then name its line
+    source = data_args.dataset_name if len(split) == len(rows) else None
     for shard, indices in output.iter_pending(PROG, data_args.progress):
-        ranked = build_rankings(
-            [split[i][0] for i in indices], [split[i][1] for i in indices], reward_model=reward_model,
-            tokenizer=tokenizer, prompt_format=args.reward_prompt_format, rerank=not args.keep_human_order,
-            keep_top1=args.keep_top1, drop_duplicates=args.drop_duplicates, max_completions=args.max_completions,
-            batch_size=args.reward_batch_size, max_length=args.reward_max_length,
-            progress=data_args.progress, stats=stats, row_offset=indices.start,
-        )
+        with rows_with_line_numbers(source):
+            ranked = build_rankings(
+                [split[i][0] for i in indices], [split[i][1] for i in indices], reward_model=reward_model,
+                tokenizer=tokenizer, prompt_format=args.reward_prompt_format, rerank=not args.keep_human_order,
+                keep_top1=args.keep_top1, drop_duplicates=args.drop_duplicates, max_completions=args.max_completions,
+                batch_size=args.reward_batch_size, max_length=args.reward_max_length,
+                progress=data_args.progress, stats=stats, row_offset=indices.start,
+            )
         output.write_shard(shard, ranked)
     total = output.finalize()
     print(f"{PROG}: wrote {total} rankings to {data_args.output_path} ({stats.duplicates_dropped} duplicate candidates "
