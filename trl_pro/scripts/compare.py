@@ -14,7 +14,8 @@ best against the worst, DPO on the pairs (`--pairs best_vs_worst`, default, or `
 with `--reward_model_name_or_path`. Every method starts from `--model_name_or_path` and gets the same training
 settings (the PRO paper's where they transfer: 2 epochs, max length 512 with prompts cut to 384 tokens, batch 2 x
 accumulation 8, learning rate 5e-6 for full fine-tuning) plus its own (`METHODS`); `--overrides` changes any flag of
-any method (`{"all": {...}, "dpo": {"beta": 0.2}}`, YAML or JSON).
+any method (`{"all": {...}, "dpo": {"beta": 0.2}}`, YAML or JSON). No method evaluates before training (PRO and RRHF
+could: `--eval_before_training false` for both); `trl-pro eval` compares them all afterwards.
 
 Each system is written to `<output_dir>/<name>`, and `<output_dir>/comparison.json` lists them for `trl-pro eval`:
 `{"systems": [{"name", "path", "prompt_suffix", ...}]}` (Chain of Hindsight's prompt suffix is its positive phrase;
@@ -29,9 +30,10 @@ was trained with, and the top-level `dataset_name`, `rows`, `base_model` and `re
 listed system was trained with them.
 
 PPO runs `trl_pro/scripts/ppo.py` with the TRL 1.12 environment (`bash tools/install.sh ppo`, `--ppo_python`); without it,
-or without a reward model for RLOO/PPO, the table says the method was skipped and why. SFT and best-of-n are one
-system here: the PRO authors' SFT baseline trains on the reward model's top candidate of each re-scored pair, which is
-best-of-n with n = 2.
+or without a reward model for RLOO/PPO, the table says the method was skipped and why. `--method_timeout` stops a PPO
+run that takes longer (the table says `timed out after N s`, and the next method runs); the methods trained in this
+process have no time limit. SFT and best-of-n are one system here: the PRO authors' SFT baseline trains on the reward
+model's top candidate of each re-scored pair, which is best-of-n with n = 2.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import importlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,10 +90,14 @@ def _coh_phrase() -> str:
     return POSITIVE_PHRASE
 
 
+#: What trl-pro's ranking scripts (PRO, RRHF) get that no other method has a flag for. No method evaluates before
+#: training: only these two could, and `trl-pro eval` compares every system (and the base model) afterwards.
+_RANKING_FLAGS = {"eval_before_training": False}
+
 #: The systems, in training order. Adding a method is one entry.
 METHODS: dict[str, Method] = {
-    "pro": Method("trl_pro.scripts.pro", "ranked", flags={"eval_before_training": False}),
-    "rrhf": Method("trl_pro.scripts.rrhf", "ranked"),
+    "pro": Method("trl_pro.scripts.pro", "ranked", flags=dict(_RANKING_FLAGS)),
+    "rrhf": Method("trl_pro.scripts.rrhf", "ranked", flags=dict(_RANKING_FLAGS)),
     "best_of_n": Method("trl.scripts.sft", "best_of_n", trainer="SFTTrainer",
                         flags={"completion_only_loss": True, "packing": False}),
     "coh": Method("trl_pro.scripts.coh", "coh", prompt_suffix=_coh_phrase()),
@@ -137,6 +144,13 @@ class CompareArguments:
         default=str(REPO_ROOT / ".venv-ppo" / "bin" / "python"),
         metadata={"help": "Python of the TRL 1.12 environment that runs PPO (bash tools/install.sh ppo)."},
     )
+    method_timeout: float | None = field(
+        default=None,
+        metadata={"help": "Seconds a method run in a subprocess (PPO) may take, loading included; past it the run is "
+                  "stopped with its processes, the table says `timed out after N s` and the next method runs. "
+                  "Default: no limit (a 7B PPO run takes hours). The methods trained in this process cannot be "
+                  "stopped safely midway and have no limit."},
+    )
     overwrite: bool = field(default=False, metadata={"help": "Train again systems already finished."})
 
 
@@ -168,6 +182,8 @@ def _check(args: CompareArguments) -> dict[str, dict]:
         fail(PROG, f"unknown method(s) {', '.join(unknown)}; choose among {', '.join(METHODS)}")
     if args.pairs not in ("best_vs_worst", "adjacent"):
         fail(PROG, f"--pairs must be best_vs_worst or adjacent, got {args.pairs}")
+    if args.method_timeout is not None and not args.method_timeout > 0:
+        fail(PROG, f"--method_timeout must be a number of seconds > 0, got {args.method_timeout}")
     overrides = args.overrides
     if isinstance(overrides, str):
         try:
@@ -394,18 +410,43 @@ def _trl_trainer(method: Method, script_args, training_args, model_args, dataset
 _NOT_PPO_FLAGS = {"max_length", "max_prompt_length", "max_completion_length", "eval_strategy", "max_steps"}
 
 
+class MethodTimeout(RuntimeError):
+    """A method's run took longer than `--method_timeout` and was stopped."""
+
+
+def run_subprocess(command: list[str], env: dict[str, str], timeout: float | None) -> tuple[int, str]:
+    """Run `command` in its own process group; returns its exit status and stderr. Past `timeout` seconds (None: no
+    limit), or if this process is interrupted, the whole group is killed: the command's own children too."""
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except BaseException as error:
+        # its own session: Ctrl-C here no longer reaches it, so this process ends it
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.communicate()
+        if isinstance(error, subprocess.TimeoutExpired):
+            seconds = int(timeout) if float(timeout).is_integer() else timeout
+            raise MethodTimeout(f"timed out after {seconds} s (--method_timeout)") from None
+        raise
+    return process.returncode, stderr
+
+
 def run_ppo(flags: dict[str, Any], args: CompareArguments) -> dict[str, Any]:
-    """`trl_pro/scripts/ppo.py` with the TRL 1.12 environment's python; returns steps and seconds (its ppo_summary.json)."""
+    """`trl_pro/scripts/ppo.py` with the TRL 1.12 environment's python, stopped after `--method_timeout` seconds;
+    returns steps and seconds (its ppo_summary.json)."""
     flags = {key: value for key, value in flags.items() if key not in _NOT_PPO_FLAGS}
     if args.max_steps > 0:  # a PPO step is one rollout batch of prompts
         flags["total_episodes"] = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # nothing of trl-pro's TRL 1.16
     env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    result = subprocess.run([args.ppo_python, str(PPO_SCRIPT), *_argv(flags, None)], env=env, stderr=subprocess.PIPE,
-                            text=True)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}")
+    returncode, stderr = run_subprocess([args.ppo_python, str(PPO_SCRIPT), *_argv(flags, None)], env,
+                                        args.method_timeout)
+    if returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"exit status {returncode}")
     summary = json.loads((Path(flags["output_dir"]) / "ppo_summary.json").read_text())
     return {"steps": summary["steps"], "train_seconds": summary["train_seconds"]}
 
@@ -537,6 +578,9 @@ def main(args: CompareArguments) -> int:
             try:
                 result = run_ppo(flags, args) if method.script == "ppo" else run_in_process(name, flags)
                 run.update(trained_with, status="trained", **result)
+            except MethodTimeout as error:  # stopped, not broken: the next method runs
+                failed = True
+                run["status"] = f"failed: {error}"
             except SystemExit as error:  # a script's own one-line error (printed above) ends this method only
                 if error.code in (0, None):
                     raise

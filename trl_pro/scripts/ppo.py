@@ -17,7 +17,8 @@ with one label, as TRL's RewardTrainer writes it; the value model starts from it
 TRL 1.12's PPO hands the policy's token ids to the reward and value models, so they must share the policy's tokenizer
 (a reward model with another vocabulary, such as a DeBERTa one, cannot be used: the script refuses it with a
 one-line error). One PPO step is one rollout batch of `per_device_train_batch_size * gradient_accumulation_steps *
-processes` prompts; `--total_episodes` sets the number of prompts seen (default: one epoch of the train split).
+processes` prompts; `--total_episodes` sets the number of prompts seen (default: one epoch of the train split). The
+train split must fill one rollout batch (TRL 1.12 would wait for it forever): the script refuses fewer prompts.
 Prompts are tokenized as `trl-pro eval` tokenizes them (`prompt_ids`: the tokenizer's special tokens, LLaMA's BOS,
 kept when a long prompt keeps its last 384 tokens), so the policy is trained and evaluated on the same prompt tokens.
 At the end the script prints one line `PPO: <steps> steps, <episodes> episodes, <seconds> s, saved to <dir>`.
@@ -136,6 +137,19 @@ def _load_prompts(script_args, training_args, tokenizer):
     return prepare(train), prepare(evaluation)
 
 
+def _check_enough_prompts(num_prompts: int, training_args, num_processes: int) -> None:
+    """Fail when the train split cannot fill one rollout batch: TRL 1.12's PPOTrainer reads its prompts from a
+    `drop_last` dataloader, which then has no batch, and waits for one forever."""
+    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * num_processes
+    if num_prompts < batch:
+        processes = f"{num_processes} process" + ("es" if num_processes != 1 else "")
+        _fail(f"{num_prompts} train prompts is fewer than one PPO rollout batch (per_device_train_batch_size "
+              f"{training_args.per_device_train_batch_size} x gradient_accumulation_steps "
+              f"{training_args.gradient_accumulation_steps} x {processes} = {batch}), which TRL 1.12's PPOTrainer "
+              f"would wait for forever; use more prompts (at least {batch}) or a smaller "
+              "--per_device_train_batch_size or --gradient_accumulation_steps")
+
+
 def main(argv: list[str] | None = None) -> None:
     _check_versions()
     import torch
@@ -173,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     _pad_token(tokenizer)
     _check_same_vocabulary(tokenizer, training_args.reward_model_path, trust_remote_code)
+    # the prompts before the models: a too small train split fails in seconds, not after loading four models
+    train_dataset, eval_dataset = _load_prompts(script_args, training_args, tokenizer)
+    _check_enough_prompts(len(train_dataset), training_args, PartialState().num_processes)
     reward_kwargs = dict(num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
     value_model = AutoModelForSequenceClassification.from_pretrained(training_args.reward_model_path, **reward_kwargs)
     reward_model = AutoModelForSequenceClassification.from_pretrained(training_args.reward_model_path, **reward_kwargs)
@@ -184,7 +201,6 @@ def main(argv: list[str] | None = None) -> None:
         training_args.sft_model_path, **model_kwargs
     )
 
-    train_dataset, eval_dataset = _load_prompts(script_args, training_args, tokenizer)
     trainer = PPOTrainer(
         args=training_args,
         processing_class=tokenizer,
