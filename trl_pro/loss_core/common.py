@@ -21,6 +21,7 @@ class RankingLossOutput:
         sft_nll: [B] fp32, L_SFT of each prompt before beta, detached.
         aux_loss: the load-balancing loss of a mixture-of-experts model (unweighted, not in `loss`), set by the patched
             forward (`trl_pro.loss_core.head`) when asked for router logits; None otherwise.
+        implementation: the token-level path that ran ("triton", "torch" or "trl"), what "auto" resolved to.
     """
 
     loss: torch.Tensor
@@ -28,6 +29,7 @@ class RankingLossOutput:
     rank_terms: torch.Tensor
     sft_nll: torch.Tensor
     aux_loss: torch.Tensor | None = None
+    implementation: str | None = None
 
 
 @dataclass(frozen=True)

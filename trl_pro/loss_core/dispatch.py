@@ -76,7 +76,7 @@ def trl_ranking_loss_from_hidden(
     sums = torch.zeros(layout.num_candidates, device=hidden.device, dtype=torch.float32)
     sums = sums.index_add(0, layout.token_candidate(), logprobs.float())
     loss, output = ranking_loss_from_sums(sums, layout, rewards, sft_weight, objective)
-    output.loss = loss
+    output.loss, output.implementation = loss, "trl"
     return output
 
 

@@ -91,6 +91,8 @@ class LossImplementation:
         token_ops: (token_forward, token_backward), imported on first use so that Triton stays optional.
         pro_ranking: PRO's fused ranking-level kernel (imported on first use), or None: the objective's torch
             definition with autograd's gradient (`torch_path.ranking_forward`).
+        guard: for "auto", whether it may run on a device in a compute dtype (`parity.triton_matches_torch`: a probe
+            against the torch path), or None.
     """
 
     name: str
@@ -98,6 +100,13 @@ class LossImplementation:
     unavailable: Callable[[torch.device], Exception | None]
     token_ops: Callable[[], tuple[Callable, Callable]]
     pro_ranking: Callable[[], Callable] | None = None
+    guard: Callable[[torch.device, torch.dtype], bool] | None = None
+
+
+def _triton_guard(device: torch.device, dtype: torch.dtype) -> bool:
+    from trl_pro.loss_core.parity import triton_matches_torch
+
+    return triton_matches_torch(device, dtype)
 
 
 # Consulted in order, as PEFT's LoRA dispatchers: "auto" takes Triton on CUDA when it imports, else the torch twin.
@@ -109,6 +118,7 @@ LOSS_IMPLEMENTATIONS = (
         unavailable=_triton_unavailable,
         token_ops=_triton_token_ops,
         pro_ranking=_triton_pro_ranking,
+        guard=_triton_guard,
     ),
     LossImplementation("torch", auto=lambda device: True, unavailable=lambda device: None, token_ops=_torch_token_ops),
 )
@@ -171,14 +181,18 @@ def triton_kernels_interpreted() -> bool:
     return token_logprob.IS_INTERPRETED
 
 
-def resolve_implementation(implementation: str, device: torch.device) -> str:
-    """ "auto" -> "triton" for CUDA tensors when Triton imports, "torch" otherwise; checks that "triton" can run."""
+def resolve_implementation(implementation: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """ "auto" -> "triton" for CUDA tensors when Triton imports and (given the compute `dtype`) its kernels passed
+    the parity probe there, "torch" otherwise; checks that an explicit "triton" can run."""
     if implementation not in FUSED_IMPLEMENTATIONS:
         if implementation in IMPLEMENTATIONS:
             raise ValueError(f"implementation={implementation!r} is only available through `ranking_loss_from_hidden`.")
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
     if implementation == "auto":
-        return next(entry.name for entry in LOSS_IMPLEMENTATIONS if entry.auto(device))
+        return next(
+            entry.name for entry in LOSS_IMPLEMENTATIONS
+            if entry.auto(device) and (entry.guard is None or dtype is None or entry.guard(device, dtype))
+        )
     error = _BY_NAME[implementation].unavailable(device)
     if error is not None:
         raise error
@@ -291,7 +305,11 @@ def fused_ranking_loss(
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets must be [T] = [{hidden.shape[0]}], got {tuple(targets.shape)}.")
     device = hidden.device
-    implementation = resolve_implementation(implementation, device)
+    if torch.is_autocast_enabled(device.type):
+        compute_dtype = torch.get_autocast_dtype(device.type)
+    else:
+        compute_dtype = hidden.dtype
+    implementation = resolve_implementation(implementation, device, compute_dtype)
     if tiles is None:
         tiles = DEFAULT_TILES if device.type == "cuda" else DEFAULT_CPU_TILES
 
@@ -304,10 +322,6 @@ def fused_ranking_loss(
     if num_tokens != hidden.shape[0]:
         raise ValueError(f"The layout describes {num_tokens} tokens, hidden has {hidden.shape[0]}.")
 
-    if torch.is_autocast_enabled(device.type):
-        compute_dtype = torch.get_autocast_dtype(device.type)
-    else:
-        compute_dtype = hidden.dtype
     acc_dtype = accumulation_dtype(compute_dtype)
     if isinstance(sft_weight, torch.Tensor):
         sft_weight = sft_weight.detach().to(device=device, dtype=acc_dtype)
@@ -334,4 +348,4 @@ def fused_ranking_loss(
         tiles,
         compute_dtype,
     )
-    return RankingLossOutput(loss, scores, terms, sft_nll)
+    return RankingLossOutput(loss, scores, terms, sft_nll, implementation=implementation)

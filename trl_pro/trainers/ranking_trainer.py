@@ -188,6 +188,7 @@ class RankingTrainer(_BaseTrainer):
         self.raw_train_dataset = train_dataset if getattr(args, "bootstrap_rounds", 0) else None
         self._checkpoint_subdir = None  # set by `train_part`: each part checkpoints into a folder of its own
         self._step_offset, self._expected_part_steps = 0, None  # set by `train_part`: steps go on across parts
+        self.loss_implementation_used = None  # the loss core's path that ran: "triton", "torch" or "trl"
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
@@ -498,6 +499,12 @@ class RankingTrainer(_BaseTrainer):
                 "implementation": self.args.loss_implementation,
             },
         )
+        if output.implementation is not None and output.implementation != self.loss_implementation_used:
+            # What `loss_implementation` resolved to ("auto": Triton only once it matched the torch path here)
+            logger.info(f"Loss core: the {output.implementation} implementation (loss_implementation="
+                        f"{self.args.loss_implementation!r})")
+            self.loss_implementation_used = output.implementation
+            self.model.add_model_tags([f"loss-core-{output.implementation}"])
         weighted_aux_loss = self.router_aux_loss_coef * output.aux_loss if self.aux_loss_enabled else None
         self._record_metrics(mode, output, layout, inputs, sft_weight, weighted_aux_loss)
         loss = output.loss  # mean over the prompts of this micro-batch
@@ -731,6 +738,13 @@ class RankingTrainer(_BaseTrainer):
     def _get_output_dir(self, trial) -> str:
         output_dir = super()._get_output_dir(trial)
         return os.path.join(output_dir, self._checkpoint_subdir) if self._checkpoint_subdir else output_dir
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, tagged with the loss core's path that ran (`loss-core-triton`, `-torch` or `-trl`)."""
+        tags = {tags} if isinstance(tags, str) else set(tags or ())
+        if self.loss_implementation_used is not None:
+            tags.add(f"loss-core-{self.loss_implementation_used}")
+        return super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
 
     def _save_checkpoint(self, model, trial):
         # Save the model card along with each checkpoint
