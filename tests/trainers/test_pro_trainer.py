@@ -85,7 +85,9 @@ def test_loss_is_pro_objective_with_paper_sft_weight(tokenizer, tiny_model, make
     """The trainer's loss equals pro_loss + 0.05 (n-1)^2 * summed NLL of the best candidate, from plain logits."""
 
     rows = ranked_rows(3)
-    trainer = PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(rows),
+    # The reference reads one row per candidate: the plain layout (the default layout equals it:
+    # tests/loss_core/test_shared_prompt.py)
+    trainer = PROTrainer(tiny_model, args=make_config(shared_prompt=False), train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     loss = trainer.compute_loss(trainer.model, batch)

@@ -59,11 +59,11 @@ def _one_sgd_step(tokenizer, make_config, **overrides):
     return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}, loss
 
 
-def test_gradient_accumulation_weighs_every_prompt_of_the_step_equally(tokenizer, make_config):
+def test_gradient_accumulation_weighs_every_prompt_of_the_step_equally(tokenizer, make_config, layout):
     """Batch 6 in one step == micro-batches of 4 and 2 (rankings of lengths 2-4) accumulated: same SGD update."""
-    full, full_loss = _one_sgd_step(tokenizer, make_config, per_device_train_batch_size=6)
+    full, full_loss = _one_sgd_step(tokenizer, make_config, per_device_train_batch_size=6, shared_prompt=layout)
     accumulated, accumulated_loss = _one_sgd_step(tokenizer, make_config, per_device_train_batch_size=4,
-                                                  gradient_accumulation_steps=2)
+                                                  gradient_accumulation_steps=2, shared_prompt=layout)
     assert accumulated_loss == pytest.approx(full_loss, rel=1e-5)  # the logged loss is the step's per-prompt mean
     for name in full:
         torch.testing.assert_close(accumulated[name], full[name], rtol=0, atol=1e-5, msg=name)
@@ -99,9 +99,9 @@ def test_compute_metrics_gets_scores_and_reference_ranks(tokenizer, tiny_model, 
 
 # Metrics gathered over prompts and processes ------------------------------------------------------------------------
 
-def test_eval_metrics_are_means_over_prompts_for_a_partial_last_batch(tokenizer, tiny_model, make_config):
+def test_eval_metrics_are_means_over_prompts_for_a_partial_last_batch(tokenizer, tiny_model, make_config, layout):
     rows = scored_rows(5)  # eval batches of 2, 2 and 1 prompts
-    trainer = PROTrainer(tiny_model, args=make_config(per_device_eval_batch_size=2),
+    trainer = PROTrainer(tiny_model, args=make_config(per_device_eval_batch_size=2, shared_prompt=layout),
                          train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
     metrics = trainer.evaluate()
@@ -167,8 +167,10 @@ def _tiny_mixtral(tokenizer, router_aux_loss_coef=0.5):
 
 def test_moe_router_aux_loss_is_added_and_logged(tokenizer, make_config):
     model = _tiny_mixtral(tokenizer)
-    trainer = PROTrainer(model, args=make_config(max_steps=1), train_dataset=Dataset.from_list(scored_rows(6)),
-                         processing_class=tokenizer)
+    # The reference is the model's own forward on one row per candidate: the plain layout (the default layout's aux
+    # loss equals it: tests/loss_core/test_moe_and_dispatch.py)
+    trainer = PROTrainer(model, args=make_config(max_steps=1, shared_prompt=False),
+                         train_dataset=Dataset.from_list(scored_rows(6)), processing_class=tokenizer)
     assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.5  # the model config's coefficient
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():

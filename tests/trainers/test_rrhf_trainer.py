@@ -53,7 +53,10 @@ def test_rrhf_trains_the_tiny_model(tokenizer, tiny_model, make_config, tmp_path
 def test_loss_is_rrhf_from_plain_logits(tokenizer, tiny_model, make_config):
     """rrhf_weight * pairs by reward (ties: no pair) on sum / len ** length_penalty, + mean NLL of the best candidate
     (not the data's `sft_index`), computed here from the model's logits."""
-    trainer = RRHFTrainer(tiny_model, args=make_config(RRHFConfig, rrhf_weight=3.0, length_penalty=0.5),
+    # The reference reads one row per candidate: the plain layout (the default layout equals it:
+    # tests/loss_core/test_shared_prompt.py)
+    trainer = RRHFTrainer(tiny_model, args=make_config(RRHFConfig, rrhf_weight=3.0, length_penalty=0.5,
+                                                       shared_prompt=False),
                           train_dataset=Dataset.from_list(scored_rows(6)), processing_class=tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     loss = trainer.compute_loss(trainer.model, batch)
