@@ -90,6 +90,8 @@ def test_self_bootstrapping_on_two_processes(tmp_path, tiny_reward_model_dir):
         # both shards (rows 0-3 from process 0, rows 4-7 from process 1) received policy samples
         for shard in (ranked[:4], ranked[4:]):
             assert any("policy" in row["sources"] for row in shard)
-        # 8 rows, 2 processes x batch 2: two optimizer steps per round, each checkpointed in the round's folder
-        assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+        # 8 rows, 2 processes x batch 2: two optimizer steps per round (the count goes on across rounds), each
+        # checkpointed in the round's folder; the schedule made up front matched the steps (or training raised)
+        steps = [2 * number - 1, 2 * number]
+        assert sorted(p.name for p in folder.glob("checkpoint-*")) == [f"checkpoint-{step}" for step in steps]
     assert (out / "model.safetensors").is_file()
