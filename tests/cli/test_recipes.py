@@ -16,7 +16,8 @@ from trl_pro.scripts.pro import make_parser
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # recipes/rankings/{generate,rank}_*.yaml configure `trl-pro generate` / `trl-pro rank` (tests/test_rank.py runs them)
 ALL = sorted(p for p in RECIPES.rglob("*.yaml") if not (p.parent.name == "rankings" and not p.name.startswith("pro_")))
-PRO = [p for p in ALL if "baselines" not in p.parts and "rrhf" not in p.parts]
+# recipes/reward/*.yaml are `trl-pro reward`'s, parsed by tests/cli/test_reward_command.py
+PRO = [p for p in ALL if not {"baselines", "rrhf", "reward"} & set(p.parts)]
 RRHF = [p for p in ALL if "rrhf" in p.parts]
 BASELINES = [p for p in ALL if "baselines" in p.parts]
 
