@@ -28,7 +28,7 @@ def _auto_implementation():
 
 
 def test_probe_matches_and_auto_runs_triton(triton_on_cpu):
-    assert parity.probe_difference(torch.device("cpu"), torch.float32) < 1e-5
+    assert parity.probe_difference(fused_ranking_loss, torch.device("cpu"), torch.float32) < 1e-5
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _auto_implementation() == "triton"

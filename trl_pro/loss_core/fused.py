@@ -106,7 +106,7 @@ class LossImplementation:
 def _triton_guard(device: torch.device, dtype: torch.dtype) -> bool:
     from trl_pro.loss_core.parity import triton_matches_torch
 
-    return triton_matches_torch(device, dtype)
+    return triton_matches_torch(fused_ranking_loss, device, dtype)
 
 
 # Consulted in order, as PEFT's LoRA dispatchers: "auto" takes Triton on CUDA when it imports, else the torch twin.

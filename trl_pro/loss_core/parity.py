@@ -45,11 +45,10 @@ def _probe_batch(device: torch.device, dtype: torch.dtype):
     return (hidden.to(device, dtype), weight.to(device, dtype), targets.to(device), layout, rewards.to(device))
 
 
-def probe_difference(device: torch.device, dtype: torch.dtype) -> float:
-    """The largest difference between the Triton and torch paths over the probe's loss and gradients, relative to
-    the torch path's largest magnitude (for the loss and each gradient). Raises what the Triton kernels raise."""
-    from trl_pro.loss_core.fused import fused_ranking_loss
-
+def probe_difference(fused_ranking_loss, device: torch.device, dtype: torch.dtype) -> float:
+    """The largest difference between the Triton and torch paths of `fused_ranking_loss` over the probe's loss and
+    gradients, relative to the torch path's largest magnitude (for the loss and each gradient). Raises what the
+    Triton kernels raise."""
     hidden, weight, targets, layout, rewards = _probe_batch(device, dtype)
     results = {}
     for implementation in ("torch", "triton"):
@@ -66,14 +65,14 @@ def probe_difference(device: torch.device, dtype: torch.dtype) -> float:
     return difference
 
 
-def triton_matches_torch(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether "auto" may run the Triton core on `device` in `dtype`: probed once per (device, dtype) and run; a
-    failure or a mismatch warns once and sends "auto" to the torch path there."""
+def triton_matches_torch(fused_ranking_loss, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether "auto" may run the Triton core of `fused_ranking_loss` on `device` in `dtype`: probed once per
+    (device, dtype) and run; a failure or a mismatch warns once and sends "auto" to the torch path there."""
     key = (str(device), dtype)
     if key not in _VERDICTS:
         tolerance = PROBE_RTOL.get(dtype, PROBE_RTOL[torch.float32])
         try:
-            difference = probe_difference(device, dtype)
+            difference = probe_difference(fused_ranking_loss, device, dtype)
             problem = None if difference <= tolerance else (
                 f"differs from the torch path by {difference:.3g} (relative; tolerance {tolerance:g})")
         except Exception as error:  # a kernel that does not compile or run on this device: any error, by design
