@@ -13,6 +13,9 @@ same order, or None) and `sft_index` (the candidate whose NLL is the SFT term). 
 
 Standard (plain text) and conversational (lists of messages, rendered with the chat template) rows are both accepted.
 A bad row raises a `ValueError` naming the row and the field; nothing is dropped.
+
+TRL's prompt-only rows (`prompt` alone, no candidates) are not rankings: only generation reads them (`trl-pro
+generate`, through `detect_format(..., prompt_only=True)`), to write rankings of the candidates it generates.
 """
 
 import math
@@ -21,7 +24,11 @@ from typing import Any
 from trl.data_utils import extract_prompt
 
 
-RANKED, PAIRWISE, AUTHORS = "ranked", "pairwise", "authors"
+RANKED, PAIRWISE, AUTHORS, PROMPT_ONLY = "ranked", "pairwise", "authors", "prompt_only"
+
+#: Columns that hold candidates in some format (TRL's prompt-completion `completion` too): a row with a `prompt` and
+#: none of them is prompt-only.
+CANDIDATE_COLUMNS = frozenset({"completions", "completion", "chosen", "rejected", "prefix", "suffix"})
 
 #: The column that holds a row's reward scores, per format (a pairwise row's scores are `score_chosen` and
 #: `score_rejected`: the first stands for both).
@@ -33,7 +40,9 @@ def has_scores(row: dict[str, Any]) -> bool:
     return any(row.get(column) is not None for column in SCORE_COLUMNS.values())
 
 
-def detect_format(column_names: list[str]) -> str:
+def detect_format(column_names: list[str], prompt_only: bool = False) -> str:
+    """The format of rows with these columns: RANKED, PAIRWISE or AUTHORS, or with `prompt_only=True` (generation's
+    input) PROMPT_ONLY for a `prompt` without candidate columns; a `ValueError` saying what is accepted otherwise."""
     columns = set(column_names)
     if "completions" in columns:
         return RANKED
@@ -41,10 +50,20 @@ def detect_format(column_names: list[str]) -> str:
         return PAIRWISE
     if {"prefix", "suffix"} <= columns:
         return AUTHORS
+    is_prompt_only = "prompt" in columns and not columns & CANDIDATE_COLUMNS
+    if is_prompt_only and prompt_only:
+        return PROMPT_ONLY
+    not_rankings = (
+        "not rankings: a ranking needs at least 2 candidates per prompt. Add candidates with `trl-pro generate "
+        "--num_generations 2` (or more), then score and sort them with `trl-pro rank`."
+    )
+    if columns == {"prompt"}:
+        raise ValueError(f"Prompt-only rows (columns {sorted(columns)}) are {not_rankings}")
     raise ValueError(
         f"Unrecognized dataset columns {sorted(columns)}. PRO accepts ranked rows (`prompt`, `completions`, optional "
         "`scores`), TRL preference rows (`chosen`, `rejected`, optional `prompt`, `score_chosen`, `score_rejected`), "
         "or the PRO authors' format (`prefix`, `suffix`, `reward`, `sft_index`)."
+        + (f" Rows with a `prompt` and no candidates are prompt-only, {not_rankings}" if is_prompt_only else "")
     )
 
 
@@ -147,11 +166,18 @@ def extract_implicit_prompt(example: dict[str, Any]) -> dict[str, Any]:
     return extracted
 
 
-def to_ranking(example: dict[str, Any], index: int, data_format: str, expect_scores: bool) -> dict[str, Any]:
-    """Validate one row of any accepted format and return it as a ranking (unsorted, not truncated)."""
+def to_ranking(
+    example: dict[str, Any], index: int, data_format: str, expect_scores: bool, min_candidates: int = 2
+) -> dict[str, Any]:
+    """Validate one row of any accepted format and return it as a ranking (unsorted, not truncated).
+
+    `min_candidates=0` is for generation's input (a PROMPT_ONLY row, or a ranked row with fewer than 2 candidates,
+    e.g. one `trl-pro generate --num_generations 1` wrote): generation adds the candidates."""
     scores = None
     sft_index = example.get("sft_index")
-    if data_format == RANKED:
+    if data_format == PROMPT_ONLY:
+        prompt, completions = example.get("prompt"), []
+    elif data_format == RANKED:
         prompt, completions = example.get("prompt"), example.get("completions")
         if not isinstance(completions, list):
             raise _row_error(index, "completions", f"expected a list, got {type(completions).__name__}")
@@ -205,8 +231,11 @@ def to_ranking(example: dict[str, Any], index: int, data_format: str, expect_sco
     else:
         _check_encodable(prompt, index, "prompt")
     candidates = "suffix" if data_format == AUTHORS else "completions"
-    if len(completions) < 2:
-        raise _row_error(index, candidates, f"a ranking needs at least 2 candidates, got {len(completions)}")
+    if len(completions) < min_candidates:
+        raise _row_error(
+            index, candidates, f"a ranking needs at least {min_candidates} candidates, got {len(completions)} "
+            "(`trl-pro generate` adds candidates to a prompt)"
+        )
     if data_format == PAIRWISE:
         fields = ["chosen", "rejected"]
     else:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trl_pro.data.formats import SCORE_COLUMNS, detect_format, to_ranking
+from trl_pro.data.formats import PROMPT_ONLY, RANKED, SCORE_COLUMNS, detect_format, to_ranking
 from trl_pro.pipeline.reward_models import score_completions
 
 
@@ -59,23 +59,34 @@ def order_candidates(
     return by_score(indices)
 
 
-def dataset_rankings(dataset, drop_invalid_rows: bool = False) -> list[dict[str, Any]]:
+def dataset_rankings(dataset, drop_invalid_rows: bool = False, for_generation: bool = False) -> list[dict[str, Any]]:
     """Every row of a dataset in any format PROTrainer accepts, as a ranking: `prompt`, `completions` (best first:
     sorted by the dataset's scores when it has them, else in the dataset's order, with an explicit `sft_index` moved to
     the top), `scores` (or None) and `sources` (a ranked row's own `sources` column, else "dataset" for each). Bad rows
-    raise a `ValueError` naming the row and field (`trl_pro.data.formats`), or with `drop_invalid_rows=True` are dropped and
-    counted in a warning (raw HH-RLHF has a few dialogues whose response is empty)."""
+    raise a `ValueError` naming the row and field (`trl_pro.data.formats`), or with `drop_invalid_rows=True` are
+    dropped and counted in a warning (raw HH-RLHF has a few dialogues whose response is empty).
+
+    `for_generation=True` (the input of `trl-pro generate`, which adds candidates) also accepts rows with fewer than 2
+    candidates: TRL's prompt-only rows (`prompt` alone, standard or conversational: no candidates, empty `sources`) and
+    ranked rows of 0 or 1 candidates (e.g. the output of a `--num_generations 1` run)."""
     rows = list(dataset) if not isinstance(dataset, list) else dataset
     if not rows:
         return []
-    data_format = detect_format(list(rows[0].keys()))
-    score_column = SCORE_COLUMNS[data_format]
-    expect_scores = rows[0].get(score_column) is not None
+    data_format = detect_format(list(rows[0].keys()), prompt_only=for_generation)
+    if data_format == PROMPT_ONLY:
+        ignored = sorted(set(rows[0]) - {"prompt"})
+        if ignored:  # e.g. candidates under a name no format uses: say so rather than generate without them
+            logger.warning(
+                f"prompt-only rows: columns {ignored} ignored (candidates are read from `completions`, "
+                "`chosen`/`rejected` or `prefix`/`suffix`)"
+            )
+    score_column = SCORE_COLUMNS.get(data_format)
+    expect_scores = score_column is not None and rows[0].get(score_column) is not None
     result, dropped = [], []
     for index, example in enumerate(rows):
         try:
-            ranking = to_ranking(example, index, data_format, expect_scores)
-            sources = example.get("sources") if data_format == "ranked" else None
+            ranking = to_ranking(example, index, data_format, expect_scores, min_candidates=0 if for_generation else 2)
+            sources = example.get("sources") if data_format == RANKED else None
             if sources is not None and (not isinstance(sources, list) or len(sources) != len(ranking["completions"])
                                         or not all(isinstance(s, str) for s in sources)):
                 raise ValueError(f"Row {index}, field 'sources': expected one source name per completion")

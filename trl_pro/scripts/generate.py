@@ -1,11 +1,22 @@
 """
 `trl-pro generate`: add k candidates per prompt from a model to a dataset, for `trl-pro rank` to score and sort.
 
-Input: any format `trl-pro pro` accepts (ranked, TRL preference pairs, the PRO authors' format; local file or folder,
-or hub id). Output (`--output_path`, .jsonl / .jsonl.gz / .parquet): ranked rows `prompt`, `completions` (the
-dataset's candidates in their order, then the generated ones) and `sources` ("dataset" or the generator's name per
-candidate). `trl-pro pro` trains on it as it is (the dataset's candidates first); `trl-pro rank` re-scores and
-re-sorts it. Run `generate` once per model to collect candidates from several (each run appends its own).
+Input: any format `trl-pro pro` accepts (ranked, TRL preference pairs, the PRO authors' format), or TRL's prompt-only
+rows (`prompt` alone, text or a list of messages); local file or folder, or hub id. Output (`--output_path`, .jsonl /
+.jsonl.gz / .parquet): ranked rows `prompt`, `completions` (the dataset's candidates in their order, if any, then the
+generated ones; a reply to a conversational prompt is one assistant message) and `sources` ("dataset" or the
+generator's name per candidate). `trl-pro pro` trains on it as it is (the dataset's candidates first); `trl-pro rank`
+re-scores and re-sorts it. Run `generate` once per model to collect candidates from several (each run appends its own).
+
+A row needs 2 candidates to be a ranking: prompt-only rows with `--num_generations 1` (or whose generations were empty
+and dropped) come out with fewer. `generate` writes them and counts them; `trl-pro rank` and `trl-pro pro` refuse
+them, naming the row (`--drop_invalid_rows` drops them), and a further `generate` run (another model) adds to them.
+
+# Rankings of 4 candidates per prompt from prompt-only rows (`{"prompt": ...}`), scored and sorted by `trl-pro rank`
+```bash
+trl-pro generate --dataset_name prompts.jsonl --model_name_or_path my/model --num_generations 4 \
+    --output_path prompts_generated.jsonl
+```
 
 # k = 2 candidates from a local model (batched transformers generate; --adapter_path for a PEFT adapter,
 # --load_in_4bit for 4-bit)
@@ -168,14 +179,33 @@ def fingerprint(rows: list[dict]) -> str:
     return digest.hexdigest()[:16]
 
 
-def input_rankings(rows: list[dict], drop_invalid_rows: bool = False, dataset_name: str | None = None) -> list[dict]:
-    """Rows of any accepted format as rankings with `sources` (see `trl_pro.pipeline.rankings.dataset_rankings`); a
-    bad row of a local JSON Lines file `dataset_name` is named by its line too."""
+def input_rankings(
+    rows: list[dict], drop_invalid_rows: bool = False, dataset_name: str | None = None, for_generation: bool = False
+) -> list[dict]:
+    """Rows of any accepted format as rankings with `sources` (see `trl_pro.pipeline.rankings.dataset_rankings`;
+    `for_generation`: also prompt-only rows and rankings of fewer than 2 candidates); a bad row of a local JSON Lines
+    file `dataset_name` is named by its line too, and the error says that `--drop_invalid_rows` drops such rows."""
     from trl_pro.data.loading import rows_with_line_numbers
     from trl_pro.pipeline.rankings import dataset_rankings
 
-    with rows_with_line_numbers(dataset_name):
-        return dataset_rankings(rows, drop_invalid_rows=drop_invalid_rows)
+    try:
+        with rows_with_line_numbers(dataset_name):
+            return dataset_rankings(rows, drop_invalid_rows=drop_invalid_rows, for_generation=for_generation)
+    except ValueError as error:
+        message = error.args[0] if error.args else None
+        if not drop_invalid_rows and isinstance(message, str) and message.startswith("Row "):
+            error.args = (f"{message} (--drop_invalid_rows drops such rows)", *error.args[1:])
+        raise
+
+
+def as_completion(text, prompt):
+    """A generated text as a candidate of `prompt`: for a conversational prompt, one assistant message (the
+    completion format of TRL's conversational rows, which the rankings' validation requires)."""
+    from trl_pro.data.formats import is_messages
+
+    if is_messages(prompt) and not is_messages(text):
+        return [{"role": "assistant", "content": text}]
+    return text
 
 
 def sharded_output(prog: str, data_args: DataArguments, num_rows: int, manifest: dict):
@@ -230,7 +260,7 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
     select_source(args)  # a missing or ill-specified source is reported before the data is read
     rows = load_rows(data_args)
     # validates every row before any generation
-    rankings = input_rankings(rows, data_args.drop_invalid_rows, data_args.dataset_name)
+    rankings = input_rankings(rows, data_args.drop_invalid_rows, data_args.dataset_name, for_generation=True)
     manifest = {"command": "generate", "input": fingerprint(rows), "args": asdict(args)}
     manifest["args"].pop("max_retries", None)  # may change between attempts without changing the output
     output = sharded_output(PROG, data_args, len(rankings), manifest)  # before the model is loaded
@@ -238,6 +268,7 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
         return 0
     source, seed_box = build_source(args, data_args.progress)  # a bad source fails before anything is written
     stats = GenerationStats()
+    short_rows = 0  # rows written with fewer than 2 candidates in this run: not rankings yet
     for shard, indices in output.iter_pending(PROG, data_args.progress):
         if seed_box is not None:
             seed_box["seed"] = args.seed + shard
@@ -249,15 +280,21 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
             ranking = rankings[i]
             shard_rows.append({
                 "prompt": ranking["prompt"],
-                "completions": ranking["completions"] + [text for text, _ in generated],
+                "completions": ranking["completions"]
+                + [as_completion(text, ranking["prompt"]) for text, _ in generated],
                 "sources": ranking["sources"] + [name for _, name in generated],
             })
+            short_rows += len(shard_rows[-1]["completions"]) < 2
         output.write_shard(shard, shard_rows)
     total = output.finalize()
     produced = sum(stats.produced.values())
     dropped = sum(stats.dropped_empty.values())
     print(f"{PROG}: wrote {total} rows to {data_args.output_path} ({produced} candidates generated in this run, "
           f"{dropped} empty dropped, {sum(stats.short_prompts.values())} prompts short of {args.num_generations})")
+    if short_rows:
+        print(f"{PROG}: {short_rows} rows have fewer than 2 candidates, so are not rankings yet: `trl-pro rank` and "
+              "`trl-pro pro` refuse them (--drop_invalid_rows drops them); add candidates with another "
+              "`trl-pro generate` run on this output, or generate more per prompt (--num_generations 2 or more)")
     return 0
 
 
