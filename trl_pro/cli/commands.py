@@ -112,14 +112,23 @@ def adapt_cpu_launch(
 
 
 def launch(launch_args: list[str], script: str, script_args: list[str], prog: str) -> int:
-    """`accelerate launch <launch_args> <script> <script_args>`; returns the exit status."""
+    """`accelerate launch <launch_args> <script> <script_args>`; returns the exit status. Ctrl-C stops the script
+    without a traceback and raises KeyboardInterrupt once it is stopped (`trl_pro.cli.launch.interruptible_launch`)."""
+    import signal
+
     from accelerate.commands.launch import launch_command, launch_command_parser
+
+    from trl_pro.cli.launch import interruptible_launch
 
     accelerate_args = launch_command_parser().parse_args(launch_args + [script] + script_args)
     try:
-        launch_command(accelerate_args)
+        with interruptible_launch():
+            launch_command(accelerate_args)
     except subprocess.CalledProcessError as error:  # the script failed and printed its own error
-        return error.returncode or 1
+        if error.returncode == -signal.SIGINT:  # the script alone was sent SIGINT
+            raise KeyboardInterrupt from None
+        # killed by signal N: the status a shell gives, 128 + N
+        return 128 - error.returncode if error.returncode < 0 else error.returncode or 1
     except (KeyboardInterrupt, SystemExit):
         raise
     except ValueError as error:  # accelerate's checks of its own arguments
@@ -147,30 +156,42 @@ class ScriptCommand(Command):
     def run(self, args: Namespace, context: CommandContext) -> int:
         import yaml
 
+        from trl_pro.cli.errors import INTERRUPTED_STATUS, interrupted_note, print_interrupted
+
         prog = f"trl-pro {self.name}"
-        module = importlib.import_module(f"trl_pro.scripts.{self.name}")
-        all_args = context.argv_after(self.name)
-        parser = module.make_parser(prog=prog)
-        # Handles -h (prints every flag and exits). config_remaining: YAML keys no dataclass knows, as flags;
-        # cli_remaining: the command-line flags no dataclass knows, an ordered subsequence of all_args
+        parsed, launched = None, False  # parsed: the script's arguments (where its outputs go)
         try:
-            *_, config_remaining, cli_remaining = parser.parse_args_and_config(
-                all_args, return_remaining_strings=True, separate_remaining_strings=True
-            )
-        except (ValueError, TypeError, OSError, yaml.YAMLError) as error:
+            module = importlib.import_module(f"trl_pro.scripts.{self.name}")
+            all_args = context.argv_after(self.name)
+            parser = module.make_parser(prog=prog)
+            # Handles -h (prints every flag and exits). config_remaining: YAML keys no dataclass knows, as flags;
+            # cli_remaining: the command-line flags no dataclass knows, an ordered subsequence of all_args
+            try:
+                *parsed, config_remaining, cli_remaining = parser.parse_args_and_config(
+                    all_args, return_remaining_strings=True, separate_remaining_strings=True
+                )
+            except (ValueError, TypeError, OSError, yaml.YAMLError) as error:
+                if debug_enabled():
+                    raise
+                fail(prog, error)
+            # accelerate arguments: the YAML's, then the command line's, which replace them
+            launch_flags = merge_launch_flags(normalize_config_flags(config_remaining), cli_remaining)
+            launch_args = resolve_launch_args(launch_flags, prog)
+            check_launch_args(launch_args, config_remaining, prog, config_path_of(all_args))
+            script_args = _subtract_subsequence(all_args, cli_remaining)
+            launch_args, script_args, notes = adapt_cpu_launch(launch_args, script_args, prog)
+            for note in notes:
+                print(f"{prog}: {note}", file=sys.stderr)
+            script = resources.files("trl_pro.scripts").joinpath(f"{self.name}.py")
+            launched = True
+            return launch(launch_args, str(script), script_args, prog)
+        except KeyboardInterrupt:  # Ctrl-C: one line saying what is kept and how to resume, not a traceback
             if debug_enabled():
                 raise
-            fail(prog, error)
-        # accelerate arguments: the YAML's, then the command line's, which replace them
-        launch_flags = merge_launch_flags(normalize_config_flags(config_remaining), cli_remaining)
-        launch_args = resolve_launch_args(launch_flags, prog)
-        check_launch_args(launch_args, config_remaining, prog, config_path_of(all_args))
-        script_args = _subtract_subsequence(all_args, cli_remaining)
-        launch_args, script_args, notes = adapt_cpu_launch(launch_args, script_args, prog)
-        for note in notes:
-            print(f"{prog}: {note}", file=sys.stderr)
-        script = resources.files("trl_pro.scripts").joinpath(f"{self.name}.py")
-        return launch(launch_args, str(script), script_args, prog)
+            # a launch that was interrupted has ended the script's last line; before it, a terminal's `^C` echo
+            print_interrupted(prog, interrupted_note(self.name, parsed) if launched else None,
+                              new_line=not launched and sys.stderr.isatty())
+            return INTERRUPTED_STATUS
 
 
 def get_commands() -> list[Command]:
@@ -180,6 +201,8 @@ def get_commands() -> list[Command]:
         ScriptCommand("rrhf", "Train with RRHF (Yuan et al. 2023); see `trl-pro rrhf --help`"),
         ScriptCommand("generate", "Add k generated candidates per prompt to a dataset; see `trl-pro generate --help`"),
         ScriptCommand("rank", "Score candidates with a reward model and sort each ranking; see `trl-pro rank --help`"),
+        ScriptCommand("reward", "Train a reward model (TRL's RewardTrainer) on ranked or pairwise data; see "
+                      "`trl-pro reward --help`"),
         ScriptCommand("coh", "Train the Chain of Hindsight baseline (TRL's SFTTrainer); see `trl-pro coh --help`"),
         ScriptCommand("compare", "Train PRO and every baseline on one ranked dataset; see `trl-pro compare --help`"),
         ScriptCommand("eval", "Evaluate systems: BLEU, reward per subset (Table 2); see `trl-pro eval --help`"),

@@ -1,12 +1,25 @@
-"""Glue shared by the `trl-pro` command line and its scripts: one-line errors and `accelerate launch` arguments.
+"""Glue shared by the `trl-pro` command line and its scripts: one-line errors, `accelerate launch` arguments, and
+Ctrl-C.
 
 TRL's CLI hands every argument its script parser does not know to `accelerate launch`. Here those arguments are
 checked first, so that a typo fails at once with one line instead of a usage dump or a traceback.
+
+Ctrl-C (SIGINT to the whole process group, in a terminal) stops the launcher and the launched script; instead of a
+KeyboardInterrupt traceback from each, the launcher prints one line saying what is kept and how a re-run resumes
+(`trl_pro.cli.errors.interrupted_note`) and exits with status 130.
 """
 
 from __future__ import annotations
 
-from trl_pro.cli.errors import fail
+import contextlib
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+
+from trl_pro.cli.errors import INTERRUPTED_STATUS, LAUNCHED_ENV, debug_enabled, fail
 
 
 _SENTINEL = "__trl_pro_training_script__"
@@ -92,3 +105,99 @@ def merge_launch_flags(config_flags: list[str], cli_flags: list[str]) -> list[st
     return kept + cli_flags
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that drops what is written to it, as text or as bytes (through `buffer`)."""
+
+    @property
+    def buffer(self):
+        return self
+
+    def write(self, data) -> int:
+        return len(data)
+
+
+class _Watched:
+    """A text stream (with its `buffer`) passed through, remembering whether what was written last ended a line."""
+
+    def __init__(self, stream, owner=None):
+        self._stream, self._owner = stream, owner or self
+        self.at_line_start = True
+
+    @property
+    def buffer(self):
+        return _Watched(self._stream.buffer, self)
+
+    def write(self, data):
+        if data:
+            self._owner.at_line_start = data[-1:] in ("\n", b"\n")
+        return self._stream.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+#: torchrun's agent logs, on Ctrl-C, that it got SIGINT and passes it on to each rank: the launcher's line says it.
+_TORCHRUN_LOGGERS = ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api")
+
+
+def _not_about_sigint(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith(f"Received {int(signal.SIGINT)} death signal")
+                or message.endswith("closing signal SIGINT"))
+
+
+@contextlib.contextmanager
+def interruptible_launch():
+    """Around `accelerate launch`: the script is started with LAUNCHED_ENV set, so that it stops without a traceback
+    on Ctrl-C (`trl_pro.cli.errors.quiet_interrupts`); from the first Ctrl-C on, what it still writes to stderr
+    through accelerate (which stops it: SIGTERM, SIGKILL after 5 s) is dropped, further Ctrl-Cs are ignored, and a
+    line the script left unfinished (a progress bar) is ended. Raises KeyboardInterrupt when the launch was
+    interrupted. With TRL_PRO_DEBUG set, nothing is dropped."""
+    interrupted = False
+    stderr = sys.stderr
+    watched = _Watched(stderr)
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        if interrupted:
+            return  # accelerate is stopping the script already
+        interrupted = True
+        sys.stderr = _Discard()  # accelerate copies the script's stderr to `sys.stderr.buffer`, chunk by chunk
+        raise KeyboardInterrupt
+
+    quiet = not debug_enabled()
+    catch = quiet and threading.current_thread() is threading.main_thread()  # handlers: in the main thread only
+    if catch:
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+        sys.stderr = watched
+    if quiet:
+        for name in _TORCHRUN_LOGGERS:
+            logging.getLogger(name).addFilter(_not_about_sigint)
+    previous_env = os.environ.get(LAUNCHED_ENV)
+    os.environ[LAUNCHED_ENV] = "1"  # the launched processes inherit the environment
+    try:
+        yield
+        if interrupted:  # the script's end was swallowed somewhere on the way: its work is not done
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, SystemExit) as error:
+        # accelerate turns Ctrl-C into SystemExit(130) once the script is stopped; so does torchrun's agent, whose own
+        # handler replaces ours
+        if quiet and (interrupted or isinstance(error, KeyboardInterrupt) or error.code == INTERRUPTED_STATUS):
+            if catch and (not watched.at_line_start or stderr.isatty()):  # a terminal echoes `^C` at the cursor
+                stderr.write("\n")
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if catch:
+            signal.signal(signal.SIGINT, previous_handler)
+        sys.stderr = stderr
+        for name in _TORCHRUN_LOGGERS:
+            logging.getLogger(name).removeFilter(_not_about_sigint)
+        if previous_env is None:
+            os.environ.pop(LAUNCHED_ENV, None)
+        else:
+            os.environ[LAUNCHED_ENV] = previous_env

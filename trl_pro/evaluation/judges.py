@@ -7,9 +7,11 @@
 - Every pair is judged twice, once in each order (Wang et al. 2023, as the paper does), and the two runs are averaged:
   each run weighs one half of the pair.
 - Judges: an OpenAI-compatible endpoint through the `openai` client (GPT-4-class APIs, vLLM, `transformers serve`),
-  or a local causal LM through transformers. Every answer is cached on disk (`judgments.jsonl`), keyed by the judge's
-  `cache_identity` (its model and whatever else changes the answer: endpoint, token limit, ...) and the prompts, so a
-  rerun pays nothing twice, an interrupted run resumes, and another judge's answers are never taken for this one's.
+  or a local causal LM through transformers, whose prompts are cut to fit its context (`LocalJudge.fit_prompt`: the
+  ends of the answers; the judge instructions and the end of the question are kept), with a count of those cut.
+  Every answer is cached on disk (`judgments.jsonl`), keyed by the judge's `cache_identity` (its model and whatever
+  else changes the answer: endpoint, token limit, ...) and the prompts, so a rerun pays nothing twice, an interrupted
+  run resumes, and another judge's answers are never taken for this one's.
   An endpoint error a retry can cure (connection, time-out, 429, 5xx) is retried a bounded number of times with
   exponential backoff; any other (400, 401, ...) fails at once. Then a `JudgeError` names the pair; the answers cached
   so far are kept.
@@ -23,6 +25,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -62,6 +65,10 @@ JUDGMENTS_FILE = "judgments.jsonl"
 HUMAN_SHEET = "human_sheet.csv"
 HUMAN_KEY = "human_key.json"
 HUMAN_LABELS = {"a": "A", "b": "B", "tie": "C", "c": "C"}
+#: A tokenizer's `model_max_length` above this is a placeholder for "no limit" (transformers uses int(1e30)).
+_NO_LENGTH_LIMIT = 10**9
+
+logger = logging.getLogger(__name__)
 
 _VERDICT = re.compile(r"\[\[(A|B|C)\]\]")
 
@@ -185,7 +192,8 @@ def _describe(error: Exception) -> str:
 
 class LocalJudge:
     """A local causal LM judge (transformers): greedy generation on the tokenizer's chat template (system + user
-    message; a template without a system role gets both in the user message), or on plain text without one."""
+    message; a template without a system role gets both in the user message), or on plain text without one. A prompt
+    too long for the model's context (`context_length`) with `max_new_tokens` is cut to fit (`fit_prompt`)."""
 
     def __init__(self, model_name_or_path: str, *, max_new_tokens: int = 512, dtype: str | None = None,
                  device: str | None = None, trust_remote_code: bool = False, model=None, tokenizer=None):
@@ -220,6 +228,53 @@ class LocalJudge:
                     continue
         return f"{system_prompt}\n\n{user_prompt}\n\n"
 
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model attends to: its config's `max_position_embeddings`, or the tokenizer's `model_max_length`
+        when smaller (a tokenizer without a limit has a huge placeholder); None when neither says."""
+        config = getattr(self.model, "config", None)
+        if config is not None and hasattr(config, "get_text_config"):
+            config = config.get_text_config()  # a multimodal model's language model
+        lengths = [getattr(config, "max_position_embeddings", None), getattr(self.tokenizer, "model_max_length", None)]
+        lengths = [n for n in lengths if isinstance(n, int) and 0 < n < _NO_LENGTH_LIMIT]
+        return min(lengths) if lengths else None
+
+    def _num_tokens(self, text: str) -> int:
+        # verbose=False: measuring a text too long for the model is no reason for the tokenizer to warn
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def fit_prompt(self, system_prompt: str, question: str, answer_a: str, answer_b: str) -> tuple[str, bool]:
+        """The user prompt (`judge_prompt`) cut so that, rendered with `system_prompt`, it leaves `max_new_tokens` of
+        the model's context for the answer, and whether it was cut. The answers lose their ends (each keeps at least
+        half of their room, or all it has); the question loses its start, only as far as it would leave the answers
+        less than half the room; the instructions are kept whole."""
+        prompt = judge_prompt(question, answer_a, answer_b)
+        context = self.context_length
+        if context is None:
+            return prompt, False
+        limit = context - self.max_new_tokens
+        if self._num_tokens(self._render(system_prompt, prompt)) <= limit:
+            return prompt, False
+        room = limit - self._num_tokens(self._render(system_prompt, judge_prompt("", "", "")))
+        parts = [self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+                 for text in (question.strip(), answer_a, answer_b)]
+        for _ in range(8):  # the parts' tokens and those of the whole differ by a few at the seams: shrink and retry
+            if room <= 0:
+                break
+            keep_question, keep_a, keep_b = _share_room(room, *(len(ids) for ids in parts))
+            prompt = judge_prompt(
+                self.tokenizer.decode(parts[0][len(parts[0]) - keep_question :]),
+                self.tokenizer.decode(parts[1][:keep_a]),
+                self.tokenizer.decode(parts[2][:keep_b]),
+            )
+            excess = self._num_tokens(self._render(system_prompt, prompt)) - limit
+            if excess <= 0:
+                return prompt, True
+            room -= excess
+        raise ValueError(f"the judge instructions alone leave no room for the dialogue and the answers in the "
+                         f"context of {self.model_name_or_path} ({context} tokens, {self.max_new_tokens} of them for "
+                         "the judge's answer): lower --max_tokens")
+
     def complete(self, system_prompt: str, user_prompt: str) -> str:
         import torch
         from transformers import GenerationConfig
@@ -233,6 +288,15 @@ class LocalJudge:
         with torch.inference_mode():
             output = self.model.generate(**inputs, generation_config=config)
         return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _share_room(room: int, question: int, answer_a: int, answer_b: int) -> tuple[int, int, int]:
+    """How many tokens of the question (its end), and of each answer (their starts), fit in `room`: the answers get
+    what the question leaves, but at least half the room (or all they need); each answer gets half of theirs, or all
+    it needs and the other the rest."""
+    answers = max(room - question, min(answer_a + answer_b, room // 2))
+    keep_a = min(answer_a, max(answers // 2, answers - answer_b))
+    return min(question, room - answers), keep_a, min(answer_b, answers - keep_a)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -285,10 +349,11 @@ def judgment_key(judge_identity: dict, system_prompt: str, user_prompt: str) -> 
 
 def judge_pairs(judge, pairs: Sequence[Pair], output_dir: str | os.PathLike, *, progress: bool = True) -> list[dict]:
     """Judge every pair in both orders; returns one record per judgment (`pair`, `subset`, `order` "first-as-A" or
-    "first-as-B", `verdict`, `outcome` for the first system). Answers are cached in `output_dir/judgments.jsonl`, each
-    keyed by `judgment_key` (the judge's `cache_identity` and the prompts): an answer cached by this judge is not asked
-    again; one of another judge (another model, endpoint or token limit) is no hit. A `JudgeError` is re-raised
-    naming the pair (the cache keeps what was done)."""
+    "first-as-B", `verdict`, `outcome` for the first system, `truncated`: whether the prompt was cut to fit the
+    judge's context, by a judge with `fit_prompt`; a warning counts them). Answers are cached in
+    `output_dir/judgments.jsonl`, each keyed by `judgment_key` (the judge's `cache_identity` and the prompts sent): an
+    answer cached by this judge is not asked again; one of another judge (another model, endpoint or token limit) is
+    no hit. A `JudgeError` is re-raised naming the pair (the cache keeps what was done)."""
     from tqdm.auto import tqdm
 
     cache_path = Path(output_dir) / JUDGMENTS_FILE
@@ -297,9 +362,13 @@ def judge_pairs(judge, pairs: Sequence[Pair], output_dir: str | os.PathLike, *, 
     records = []
     jobs = [(index, pair, first_is_a) for index, pair in enumerate(pairs) for first_is_a in (True, False)]
     bar = tqdm(jobs, desc=f"judging ({judge.name})", disable=not progress, unit="judgment")
+    fit_prompt = getattr(judge, "fit_prompt", None)
     for index, pair, first_is_a in bar:
         a, b = (pair.first, pair.second) if first_is_a else (pair.second, pair.first)
-        user_prompt = judge_prompt(pair.prompt, a, b)
+        if fit_prompt is None:
+            user_prompt, truncated = judge_prompt(pair.prompt, a, b), False
+        else:
+            user_prompt, truncated = fit_prompt(JUDGE_SYSTEM_PROMPT, pair.prompt, a, b)
         key = judgment_key(identity, JUDGE_SYSTEM_PROMPT, user_prompt)
         if key not in cached:
             try:
@@ -313,8 +382,23 @@ def judge_pairs(judge, pairs: Sequence[Pair], output_dir: str | os.PathLike, *, 
             cached[key] = answer
         verdict = parse_verdict(cached[key])
         records.append({"pair": index, "subset": pair.subset, "order": "first-as-A" if first_is_a else "first-as-B",
-                        "verdict": verdict, "outcome": outcome(verdict, first_is_a)})
+                        "verdict": verdict, "outcome": outcome(verdict, first_is_a), "truncated": truncated})
+    num_truncated = sum(record["truncated"] for record in records)
+    if num_truncated:
+        context = getattr(judge, "context_length", None)
+        logger.warning(f"{num_truncated} of {len(records)} judge prompts were too long for the context of {judge.name}"
+                       f"{f' ({context} tokens)' if context else ''} with {getattr(judge, 'max_new_tokens', '?')} new "
+                       "tokens: their answers were cut to fit")
     return records
+
+
+def truncation_note(records: Sequence[dict]) -> str | None:
+    """One sentence counting the judgments whose prompt was cut to fit the judge's context; None when none was."""
+    num_truncated = sum(bool(record.get("truncated")) for record in records)
+    if not num_truncated:
+        return None
+    return (f"{num_truncated} of {len(records)} judge prompts were too long for the judge's context: their answers "
+            "were cut to fit (the judge saw only their beginnings).")
 
 
 def summarize(records: Sequence[dict]) -> dict[str, dict[str, float]]:
@@ -353,10 +437,16 @@ def format_table(table: dict[str, dict[str, float]], first: str, second: str, ju
 
 
 def write_judge_results(table, records, output_dir, first: str, second: str, judge: str) -> None:
+    """`judge_results.json` (the table, every judgment, `truncated`: how many prompts were cut to fit the judge's
+    context) and `judge_results.md` (the table, and a line counting those prompts when there are any)."""
     output_dir = Path(output_dir)
+    truncated = sum(bool(record.get("truncated")) for record in records)
     atomic_write_json(output_dir / "judge_results.json",
-                      {"first": first, "second": second, "judge": judge, "table": table, "judgments": list(records)})
-    atomic_write_text(output_dir / "judge_results.md", format_table(table, first, second, judge))
+                      {"first": first, "second": second, "judge": judge, "table": table, "truncated": truncated,
+                       "judgments": list(records)})
+    note = truncation_note(records)
+    atomic_write_text(output_dir / "judge_results.md",
+                      format_table(table, first, second, judge) + (f"\n{note}\n" if note else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
