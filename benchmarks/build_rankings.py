@@ -25,9 +25,12 @@ import torch
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIZES = {"small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                       intermediate_size=512),
-         "tiny": {}}
+SIZES = {
+    "small": dict(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512
+    ),
+    "tiny": {},
+}
 
 
 def _models(size: str):
@@ -76,10 +79,15 @@ def bench_scoring(reward_model, tokenizer, rows, batch_size: int, repeats: int) 
         repeats,
     )
     n = len(prompts)
-    return {"candidates": n, "batch_size": batch_size, "batched_s": batched, "one_at_a_time_s": single,
-            "batched_rows_per_s": n / statistics.median(batched),
-            "one_at_a_time_rows_per_s": n / statistics.median(single),
-            "speedup": statistics.median(single) / statistics.median(batched)}
+    return {
+        "candidates": n,
+        "batch_size": batch_size,
+        "batched_s": batched,
+        "one_at_a_time_s": single,
+        "batched_rows_per_s": n / statistics.median(batched),
+        "one_at_a_time_rows_per_s": n / statistics.median(single),
+        "speedup": statistics.median(single) / statistics.median(batched),
+    }
 
 
 def bench_generation(policy, tokenizer, rows, batch_size: int, new_tokens: int, repeats: int) -> dict:
@@ -92,8 +100,14 @@ def bench_generation(policy, tokenizer, rows, batch_size: int, new_tokens: int, 
         lambda: generate_local(policy, tokenizer, prompts, batch_size=1, **kwargs),
         repeats,
     )
-    return {"prompts": len(prompts), "batch_size": batch_size, "max_new_tokens": new_tokens, "batched_s": batched,
-            "one_at_a_time_s": single, "speedup": statistics.median(single) / statistics.median(batched)}
+    return {
+        "prompts": len(prompts),
+        "batch_size": batch_size,
+        "max_new_tokens": new_tokens,
+        "batched_s": batched,
+        "one_at_a_time_s": single,
+        "speedup": statistics.median(single) / statistics.median(batched),
+    }
 
 
 def bench_bootstrap(policy, reward_model, tokenizer, rows_count: int, new_tokens: int, folder: Path) -> dict:
@@ -105,11 +119,23 @@ def bench_bootstrap(policy, reward_model, tokenizer, rows_count: int, new_tokens
     reward_model.save_pretrained(reward_dir)
     tokenizer.save_pretrained(reward_dir)
     args = PROConfig(
-        output_dir=str(folder / "out"), per_device_train_batch_size=4, num_train_epochs=1, learning_rate=1e-4,
-        use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no", report_to=[],
-        disable_tqdm=True, max_length=256, logging_steps=1000, bootstrap_rounds=2,
-        bootstrap_reward_model_name_or_path=str(reward_dir), bootstrap_reward_prompt_format="plain",
-        bootstrap_max_completion_length=new_tokens, bootstrap_generation_batch_size=8,
+        output_dir=str(folder / "out"),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        max_length=256,
+        logging_steps=1000,
+        bootstrap_rounds=2,
+        bootstrap_reward_model_name_or_path=str(reward_dir),
+        bootstrap_reward_prompt_format="plain",
+        bootstrap_max_completion_length=new_tokens,
+        bootstrap_generation_batch_size=8,
     )
     dataset = load_hh_rlhf_slice("train").select(range(rows_count))
     trainer = PROTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -117,18 +143,28 @@ def bench_bootstrap(policy, reward_model, tokenizer, rows_count: int, new_tokens
     rounds = []
     for record in trainer.bootstrap_history:
         total = record["generation_seconds"] + record["scoring_seconds"] + record["training_seconds"]
-        rounds.append({key: record[key] for key in ("round", "rows", "samples", "generation_seconds",
-                                                   "scoring_seconds", "training_seconds")}
-                      | {"generation_share": record["generation_seconds"] / total})
-    return {"rows": rows_count, "rounds": rounds, "max_new_tokens": new_tokens,
-            "median_generation_share": statistics.median(r["generation_share"] for r in rounds)}
+        rounds.append(
+            {
+                key: record[key]
+                for key in ("round", "rows", "samples", "generation_seconds", "scoring_seconds", "training_seconds")
+            }
+            | {"generation_share": record["generation_seconds"] / total}
+        )
+    return {
+        "rows": rows_count,
+        "rounds": rounds,
+        "max_new_tokens": new_tokens,
+        "median_generation_share": statistics.median(r["generation_share"] for r in rounds),
+    }
 
 
 def markdown(report: dict) -> str:
     s, g, b = report["scoring"], report["generation"], report["bootstrap"]
     lines = [
-        "# Building rankings on CPU", "",
-        report["setup"], "",
+        "# Building rankings on CPU",
+        "",
+        report["setup"],
+        "",
         "| comparison | batched (median s) | one at a time (median s) | speed-up |",
         "|---|---|---|---|",
         f"| reward scoring, {s['candidates']} candidates, batch {s['batch_size']} | "
@@ -144,10 +180,17 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in b["rounds"]:
-        lines.append(f"| {r['round']} | {r['rows']} | {r['samples']} | {r['generation_seconds']:.2f} | "
-                     f"{r['scoring_seconds']:.2f} | {r['training_seconds']:.2f} | {100 * r['generation_share']:.0f}% |")
-    lines += ["", f"Median share of a round spent generating: {100 * b['median_generation_share']:.0f}%.", "",
-              report["note"], ""]
+        lines.append(
+            f"| {r['round']} | {r['rows']} | {r['samples']} | {r['generation_seconds']:.2f} | "
+            f"{r['scoring_seconds']:.2f} | {r['training_seconds']:.2f} | {100 * r['generation_share']:.0f}% |"
+        )
+    lines += [
+        "",
+        f"Median share of a round spent generating: {100 * b['median_generation_share']:.0f}%.",
+        "",
+        report["note"],
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -167,8 +210,11 @@ def plot(report: dict, path: Path) -> None:
     left.set_title("Batching (CPU, medians of interleaved runs)")
     bottom = [0.0] * len(b["rounds"])
     labels = [f"round {r['round']}" for r in b["rounds"]]
-    for key, color in (("generation_seconds", "tab:orange"), ("scoring_seconds", "tab:green"),
-                       ("training_seconds", "tab:blue")):
+    for key, color in (
+        ("generation_seconds", "tab:orange"),
+        ("scoring_seconds", "tab:green"),
+        ("training_seconds", "tab:blue"),
+    ):
         values = [r[key] for r in b["rounds"]]
         right.bar(labels, values, bottom=bottom, color=color, label=key.split("_")[0])
         bottom = [x + y for x, y in zip(bottom, values)]
@@ -192,8 +238,9 @@ def main(argv=None) -> None:
     rows = _pairs(max(score_rows, gen_prompts))
     scoring = bench_scoring(reward_model, tokenizer, rows[:score_rows], batch_size=16, repeats=repeats)
     print(f"scoring speed-up {scoring['speedup']:.2f}x", file=sys.stderr)
-    generation = bench_generation(policy, tokenizer, rows[:gen_prompts], batch_size=16, new_tokens=new_tokens,
-                                  repeats=repeats)
+    generation = bench_generation(
+        policy, tokenizer, rows[:gen_prompts], batch_size=16, new_tokens=new_tokens, repeats=repeats
+    )
     print(f"generation speed-up {generation['speedup']:.2f}x", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-rankings-") as folder:
         bootstrap = bench_bootstrap(policy, reward_model, tokenizer, boot_rows, new_tokens, Path(folder))
@@ -207,8 +254,8 @@ def main(argv=None) -> None:
         "generation": generation,
         "bootstrap": bootstrap,
         "note": "CPU timings on a shared machine vary from run to run; the ratios come from interleaved runs in one "
-        "invocation. Not measured on GPU." + (" Smoke run: checks the pipeline, not a measurement." if args.smoke
-                                               else ""),
+        "invocation. Not measured on GPU."
+        + (" Smoke run: checks the pipeline, not a measurement." if args.smoke else ""),
     }
     output = Path(args.output) if args.output else RESULTS / "build_rankings_cpu"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,9 @@ def _generation_times(model, tokenizer, prompts, batch_sizes, repeats, max_new_t
     for repeat in range(repeats):
         for bs in batch_sizes:
             start = time.perf_counter()
-            outputs[bs] = generate_responses(model, tokenizer, prompts, batch_size=bs, max_new_tokens=max_new_tokens,
-                                             progress=False)
+            outputs[bs] = generate_responses(
+                model, tokenizer, prompts, batch_size=bs, max_new_tokens=max_new_tokens, progress=False
+            )
             times[bs].append(time.perf_counter() - start)
             print(f"repeat {repeat}: batch {bs}: {times[bs][-1]:.2f} s", file=sys.stderr)
     reference = outputs[min(batch_sizes)]
@@ -61,16 +62,24 @@ def _markdown(report) -> str:
     ]
     for row in gen["rows"]:
         runs = ", ".join(f"{t:.2f}" for t in row["times_s"])
-        lines.append(f"| {row['batch_size']} | {row['median_s']:.2f} | {runs} | {row['speedup_vs_1']:.2f}x | "
-                     f"{row['equal_to_batch_1']}/{gen['num_prompts']} |")
+        lines.append(
+            f"| {row['batch_size']} | {row['median_s']:.2f} | {runs} | {row['speedup_vs_1']:.2f}x | "
+            f"{row['equal_to_batch_1']}/{gen['num_prompts']} |"
+        )
     full = report["full_eval"]
     if full is not None:
         rm = full["reward_model"] or "none (no reward)"
-        lines += ["", f"Whole `trl-pro eval` pipeline (generation at batch size {full['batch_size']}, BLEU, "
-                  f"sacreBLEU, reward model: {rm}) on the {full['num_prompts']} held-out prompts: "
-                  f"**{full['seconds']:.1f} s** (one run)."]
-    lines += ["", "Batched generation left-pads the prompts; greedy decoding then gives the same tokens as one at a "
-              "time up to floating-point ties (the column above counts equal responses)."]
+        lines += [
+            "",
+            f"Whole `trl-pro eval` pipeline (generation at batch size {full['batch_size']}, BLEU, "
+            f"sacreBLEU, reward model: {rm}) on the {full['num_prompts']} held-out prompts: "
+            f"**{full['seconds']:.1f} s** (one run).",
+        ]
+    lines += [
+        "",
+        "Batched generation left-pads the prompts; greedy decoding then gives the same tokens as one at a "
+        "time up to floating-point ties (the column above counts equal responses).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -94,8 +103,11 @@ def _plot(report, path: Path) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_path", default="trl-pro/tiny-llama", help="model to generate with (default: the "
-                        "untrained built-in tiny Llama)")
+    parser.add_argument(
+        "--model_path",
+        default="trl-pro/tiny-llama",
+        help="model to generate with (default: the untrained built-in tiny Llama)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of the built-in tiny Llama (quickstart: 42)")
     parser.add_argument("--num_prompts", type=int, default=32, help="prompts of the batched vs one-at-a-time part")
     parser.add_argument("--batch_sizes", default="1,8,16")
@@ -122,28 +134,51 @@ def main(argv=None) -> dict:
     prompts = unique_prompts(load_test_data(max_samples=args.num_prompts))
     times, same = _generation_times(model, tokenizer, prompts, batch_sizes, args.repeats, args.max_new_tokens)
     base = statistics.median(times[min(batch_sizes)])
-    rows = [{"batch_size": bs, "times_s": times[bs], "median_s": statistics.median(times[bs]),
-             "speedup_vs_1": base / statistics.median(times[bs]), "equal_to_batch_1": same[bs]} for bs in batch_sizes]
+    rows = [
+        {
+            "batch_size": bs,
+            "times_s": times[bs],
+            "median_s": statistics.median(times[bs]),
+            "speedup_vs_1": base / statistics.median(times[bs]),
+            "equal_to_batch_1": same[bs],
+        }
+        for bs in batch_sizes
+    ]
 
     full = None
     if args.full_eval_prompts:
         data = load_test_data(max_samples=args.full_eval_prompts)
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
-            evaluate_systems([System("model", args.model_path)], data, folder, seed=args.seed,
-                             reward_model_name_or_path=args.reward_model_name_or_path,
-                             batch_size=args.full_eval_batch_size, max_new_tokens=args.max_new_tokens,
-                             progress=False, plot=False)
+            evaluate_systems(
+                [System("model", args.model_path)],
+                data,
+                folder,
+                seed=args.seed,
+                reward_model_name_or_path=args.reward_model_name_or_path,
+                batch_size=args.full_eval_batch_size,
+                max_new_tokens=args.max_new_tokens,
+                progress=False,
+                plot=False,
+            )
             seconds = time.perf_counter() - start
-        full = {"num_prompts": len(unique_prompts(data)), "batch_size": args.full_eval_batch_size,
-                "reward_model": args.reward_model_label or args.reward_model_name_or_path, "seconds": seconds}
+        full = {
+            "num_prompts": len(unique_prompts(data)),
+            "batch_size": args.full_eval_batch_size,
+            "reward_model": args.reward_model_label or args.reward_model_name_or_path,
+            "seconds": seconds,
+        }
 
     report = {
         "model": args.model_label or args.model_path,
         "threads": args.threads,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}",
-        "generation": {"num_prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                       "rows": rows},
+        "generation": {
+            "num_prompts": len(prompts),
+            "max_new_tokens": args.max_new_tokens,
+            "repeats": args.repeats,
+            "rows": rows,
+        },
         "full_eval": full,
     }
     output = Path(args.output)

@@ -40,17 +40,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from trl_pro.data.layout import RankingLayout  # noqa: E402
-from trl_pro.loss_core.dispatch import (
-    ranking_loss_from_hidden,  # noqa: E402
-    trl_ranking_loss_from_hidden,  # noqa: E402
-)
+from trl_pro.loss_core.dispatch import ranking_loss_from_hidden, trl_ranking_loss_from_hidden  # noqa: E402
 from trl_pro.loss_core.reference import eager_ranking_loss_from_hidden  # noqa: E402
 
 
 METHODS = ("eager", "trl", "fused")
 PEERS = ("liger",)  # optional, with --methods: Liger-Kernel's chunked fused-linear preference loss (SimPO), pure torch
-LABELS = {"eager": "(a) eager, authors' style", "trl": "(b) TRL chunked + torch cascade", "fused": "(c) fused core",
-          "liger": "(d) Liger fused-linear SimPO (pairs)"}
+LABELS = {
+    "eager": "(a) eager, authors' style",
+    "trl": "(b) TRL chunked + torch cascade",
+    "fused": "(c) fused core",
+    "liger": "(d) Liger fused-linear SimPO (pairs)",
+}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # The real shape of the paper's model on CPU (`--point llama7b`): LLaMA-7B's head, one ranking of 4 x 512 tokens, fp32
 # (CPU torch has no fast bf16 matmul)
@@ -114,8 +115,9 @@ def make_inputs(n, tokens, vocab, hidden_size, prompts, trainable, device, seed=
     targets = torch.randint(0, vocab, (num_tokens,), generator=g).to(device)
     rewards = torch.sort(torch.randn(prompts, n, generator=g), dim=1, descending=True).values.flatten().to(device)
     beta = torch.full((prompts,), 0.05 * (n - 1) ** 2, device=device)
-    return dict(hidden=hidden, weight=weight, targets=targets, layout=layout, rewards=rewards, beta=beta, n=n,
-                tokens=tokens)
+    return dict(
+        hidden=hidden, weight=weight, targets=targets, layout=layout, rewards=rewards, beta=beta, n=n, tokens=tokens
+    )
 
 
 def _liger_step(x):
@@ -176,7 +178,13 @@ def memory_worker(spec: str) -> None:
     spec = json.loads(spec)
     device = torch.device("cpu")
     x = make_inputs(
-        spec["n"], spec["tokens"], spec["vocab"], spec["hidden"], spec["prompts"], spec["head"] == "trainable", device,
+        spec["n"],
+        spec["tokens"],
+        spec["vocab"],
+        spec["hidden"],
+        spec["prompts"],
+        spec["head"] == "trainable",
+        device,
         dtype=spec["dtype"],
     )
     result = {}
@@ -233,7 +241,13 @@ def run_grid(args, device):
     for cfg in grid:
         cpu_memory = cpu_peak_memory(cfg, args.prompts, args.methods, args.dtype) if device.type == "cpu" else None
         x = make_inputs(
-            cfg["n"], cfg["tokens"], cfg["vocab"], cfg["hidden"], args.prompts, cfg["head"] == "trainable", device,
+            cfg["n"],
+            cfg["tokens"],
+            cfg["vocab"],
+            cfg["hidden"],
+            args.prompts,
+            cfg["head"] == "trainable",
+            device,
             dtype=args.dtype,
         )
         for method in args.methods:
@@ -257,7 +271,9 @@ def run_grid(args, device):
                     torch.cuda.empty_cache()
             rows.append(row)
             shown = (
-                "OOM" if row["status"] != "ok" else f"{_fmt(row['time_ms'], '.1f')} ms, {_fmt(row['peak_mem_mb'], '.1f')} MiB"
+                "OOM"
+                if row["status"] != "ok"
+                else f"{_fmt(row['time_ms'], '.1f')} ms, {_fmt(row['peak_mem_mb'], '.1f')} MiB"
             )
             print(f"{cfg} {method}: {shown}", flush=True)
         del x
@@ -298,9 +314,13 @@ def markdown(meta, rows, device) -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- Date: {meta['date']}",
         f"- Grid: {meta['grid']}",
-        ("- Timing: none (--memory-only)" if meta.get("memory_only") else
-         f"- Timing: best of {meta['repeats']} forward+backward steps after {meta['warmup']} warm-up (median in the "
-        f"JSON)") + f"; load average at start / end: {meta['load_start']} / {meta.get('load_end')}",
+        (
+            "- Timing: none (--memory-only)"
+            if meta.get("memory_only")
+            else f"- Timing: best of {meta['repeats']} forward+backward steps after {meta['warmup']} warm-up (median in the "
+            f"JSON)"
+        )
+        + f"; load average at start / end: {meta['load_start']} / {meta.get('load_end')}",
         f"- Peak memory: {meta['memory']}",
         f"- (c) runs the `{meta['fused_implementation']}` implementation here. Ratios are against (a) / (b) of this "
         "run, same configuration.",
@@ -322,8 +342,10 @@ def markdown(meta, rows, device) -> str:
             if r["method"] == "fused" and r["status"] == "ok":
                 ratio = r["mem_vs_eager"]
                 verdict = "n/a" if ratio is None else ("met" if ratio <= 1 / 8 else "NOT met")
-                lines.append(f"- {r['head']} head: (c) peak memory = {_fmt(ratio, '.3f')} x (a), goal <= 0.125: "
-                             f"**{verdict}**; {_fmt(r['mem_vs_trl'], '.3f')} x (b)")
+                lines.append(
+                    f"- {r['head']} head: (c) peak memory = {_fmt(ratio, '.3f')} x (a), goal <= 0.125: "
+                    f"**{verdict}**; {_fmt(r['mem_vs_trl'], '.3f')} x (b)"
+                )
                 eager = next((e for e in rows if e["method"] == "eager" and e["head"] == r["head"]), None)
                 if r["head"] == "trainable" and eager and eager["peak_mem_mb"] and r["peak_mem_mb"]:
                     # Every method must hand back d(LM head): a [V, H] buffer the size of the head itself, which no
@@ -432,9 +454,12 @@ def main():
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--heads", nargs="+", default=["trainable", "frozen"], choices=["trainable", "frozen"])
     parser.add_argument("--memory-only", action="store_true", help="peak memory only, no timed steps")
-    parser.add_argument("--point", choices=["llama7b"],
-                        help="llama7b: the real shape (H 4096, V 32000, 4 x 512 tokens, fp32, one ranking), with the "
-                        "Liger peer; written to loss_core_<device>_llama7b.*")
+    parser.add_argument(
+        "--point",
+        choices=["llama7b"],
+        help="llama7b: the real shape (H 4096, V 32000, 4 x 512 tokens, fp32, one ranking), with the "
+        "Liger peer; written to loss_core_<device>_llama7b.*",
+    )
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--peak-tflops", type=float, help="bf16 dense peak of the GPU, if not in the built-in table")

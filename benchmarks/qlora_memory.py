@@ -94,7 +94,9 @@ def worker(args) -> dict:
         model_init_kwargs={"dtype": "bfloat16", "device_map": {"": 0}} if cuda else {"dtype": "bfloat16"},
     )
     quantization_config = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
     peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -102,13 +104,25 @@ def worker(args) -> dict:
     if args.worker == "pro":
         dataset = synthetic_rankings(args.n, rows, tokens)
         config = PROConfig(**common, max_prompt_length=tokens)
-        trainer = PROTrainer(args.model_path, config, train_dataset=dataset, processing_class=tokenizer,
-                             quantization_config=quantization_config, peft_config=peft_config)
+        trainer = PROTrainer(
+            args.model_path,
+            config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
     else:
         dataset = synthetic_pairs(rows, tokens, tokens)
         config = DPOConfig(**common, beta=0.1)
-        trainer = DPOTrainer(args.model_path, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             quantization_config=quantization_config, peft_config=peft_config)
+        trainer = DPOTrainer(
+            args.model_path,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
     trainer.add_callback(StepTimer())
     if cuda:
         torch.cuda.synchronize()
@@ -132,8 +146,10 @@ def worker(args) -> dict:
 def markdown(report: dict) -> str:
     lines = ["# QLoRA memory: PRO on a LLaMA-7B-shaped model, n = 2..5 candidates, beside DPO (n = 2)", ""]
     env = report["environment"]
-    versions = (f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, peft {env['peft']}, "
-                f"bitsandbytes {env.get('bitsandbytes')}")
+    versions = (
+        f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, peft {env['peft']}, "
+        f"bitsandbytes {env.get('bitsandbytes')}"
+    )
     if not report["measured"] and not report.get("smoke"):
         lines += [
             f"**Not measured on GPU.** {report['reason']}",
@@ -164,8 +180,11 @@ def markdown(report: dict) -> str:
     goal_row = next((r for r in report["rows"] if r["trainer"] == "pro" and r["n"] == GOAL_N), None)
     if report["measured"] and goal_row is not None:
         verdict = "meets" if goal_row["peak_memory_gib"] <= GOAL_GIB else "does not meet"
-        lines += ["", f"PRO at n = {GOAL_N} peaks at **{goal_row['peak_memory_gib']:.2f} GiB**: {verdict} the goal "
-                  f"of <= {GOAL_GIB:.0f} GiB (a 12 GB consumer card)."]
+        lines += [
+            "",
+            f"PRO at n = {GOAL_N} peaks at **{goal_row['peak_memory_gib']:.2f} GiB**: {verdict} the goal "
+            f"of <= {GOAL_GIB:.0f} GiB (a 12 GB consumer card).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -185,8 +204,9 @@ def plot(report: dict, path: Path) -> None:
         memory_ax.axhline(GOAL_GIB, color="tab:red", linestyle="--", label=f"goal: {GOAL_GIB:.0f} GiB at n={GOAL_N}")
         memory_ax.legend(fontsize=8)
     else:
-        memory_ax.text(0.5, 0.5, "no GPU memory figure\n(CPU smoke run)", ha="center", va="center",
-                       transform=memory_ax.transAxes)
+        memory_ax.text(
+            0.5, 0.5, "no GPU memory figure\n(CPU smoke run)", ha="center", va="center", transform=memory_ax.transAxes
+        )
         memory_ax.set_xticks([])
         memory_ax.set_yticks([])
     memory_ax.set_ylabel("peak GPU memory (GiB)")
@@ -205,8 +225,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--output", default=str(RESULTS / "qlora_memory"), help="results path without suffix")
-    parser.add_argument("--smoke", action="store_true",
-                        help="run the pipeline on CPU with a tiny Llama (a check that the script works, no figures)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run the pipeline on CPU with a tiny Llama (a check that the script works, no figures)",
+    )
     parser.add_argument("--worker", choices=["pro", "dpo"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--model_path", help=argparse.SUPPRESS)
@@ -218,8 +241,11 @@ def main(argv=None) -> None:
     import torch
 
     ns, tokens = (SMOKE_NS, SMOKE_TOKENS) if args.smoke else (NS, TOKENS)
-    shape = ("tiny Llama (2 layers, hidden 64, vocabulary 2048) on CPU, bitsandbytes' CPU backend" if args.smoke else
-             "LLaMA-7B shape (32 layers, hidden 4096, MLP 11008, vocabulary 32000)")
+    shape = (
+        "tiny Llama (2 layers, hidden 64, vocabulary 2048) on CPU, bitsandbytes' CPU backend"
+        if args.smoke
+        else "LLaMA-7B shape (32 layers, hidden 4096, MLP 11008, vocabulary 32000)"
+    )
     setup = (
         f"{shape}, random weights, 4-bit NF4 + double quantization, bf16 compute, LoRA r=64 alpha=16 on all linear "
         f"layers except lm_head, gradient checkpointing, batch 1 prompt, {tokens} prompt + {tokens} completion tokens "
@@ -242,19 +268,40 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(prefix="qlora-memory-model-") as folder:
             save_model("tiny" if args.smoke else "llama7b-qlora", Path(folder))
             for trainer, n in [("pro", n) for n in ns] + [("dpo", 2)]:
-                command = [sys.executable, __file__, "--worker", trainer, "--n", str(n), "--model_path", folder,
-                           "--steps", str(args.steps), "--warmup", str(args.warmup)] + ["--smoke"] * args.smoke
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    trainer,
+                    "--n",
+                    str(n),
+                    "--model_path",
+                    folder,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                ] + ["--smoke"] * args.smoke
                 result = subprocess.run(command, capture_output=True, text=True)
                 if result.returncode != 0:
                     raise RuntimeError(f"{trainer} n={n} failed:\n{result.stderr[-4000:]}")
                 rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
                 if not rows[-1]["loaded_in_4bit"]:
                     raise RuntimeError(f"{trainer} n={n}: the model was not loaded in 4-bit")
-                print(f"{trainer} n={n}: {rows[-1]['peak_memory_gib'] or 0:.2f} GiB, "
-                      f"{rows[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
-        report = {"benchmark": "qlora_memory", "measured": not args.smoke, "smoke": args.smoke, "setup": setup,
-                  "model": "tiny Llama" if args.smoke else "LLaMA-7B shape",
-                  "environment": environment("cpu" if args.smoke else "cuda"), "rows": rows}
+                print(
+                    f"{trainer} n={n}: {rows[-1]['peak_memory_gib'] or 0:.2f} GiB, "
+                    f"{rows[-1]['tokens_per_s']:.0f} tok/s",
+                    file=sys.stderr,
+                )
+        report = {
+            "benchmark": "qlora_memory",
+            "measured": not args.smoke,
+            "smoke": args.smoke,
+            "setup": setup,
+            "model": "tiny Llama" if args.smoke else "LLaMA-7B shape",
+            "environment": environment("cpu" if args.smoke else "cuda"),
+            "rows": rows,
+        }
         if args.smoke:
             report["reason"] = "A check that this script's pipeline runs; CPU timings say nothing about a GPU."
         plot(report, output.with_suffix(".png"))

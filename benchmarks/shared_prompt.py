@@ -49,8 +49,9 @@ GOALS = {2: 1.3, 4: 2.0}  # shared step at least this many times faster than pla
 MODELS = {
     "tiny": {},
     # ~50M parameters: 10 layers of width 640 (the tiny tokenizer's 2048-token vocabulary)
-    "small-50M": dict(hidden_size=640, intermediate_size=1728, num_hidden_layers=10, num_attention_heads=10,
-                      num_key_value_heads=10),
+    "small-50M": dict(
+        hidden_size=640, intermediate_size=1728, num_hidden_layers=10, num_attention_heads=10, num_key_value_heads=10
+    ),
 }
 LAYOUTS = ("plain", "shared")
 
@@ -82,8 +83,9 @@ def make_rankings(n: int, count: int, seed: int, max_length: int = 512, max_prom
         prompt = rng.choice(rows)["prompt"]
         completions = [rng.choice(rows)[rng.choice(("chosen", "rejected"))] for _ in range(n)]
         scores = [rng.gauss(0, 1) for _ in range(n)]
-        ranking = rank(to_ranking({"prompt": prompt, "completions": completions, "scores": scores}, i, "ranked",
-                                  True), i, None)
+        ranking = rank(
+            to_ranking({"prompt": prompt, "completions": completions, "scores": scores}, i, "ranked", True), i, None
+        )
         tokens = tokenize_ranking(ranking, i, tokenizer, max_length, max_prompt_length)
         out.append({**tokens, "scores": ranking["scores"], "sft_index": ranking["sft_index"]})
     return out
@@ -106,8 +108,13 @@ def step(model, optimizer, batch) -> None:
     output = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        ranking_inputs={"completion_mask": batch["completion_mask"], "segment_ids": batch.get("segment_ids"),
-                    "layout": layout, "rewards": batch["rewards"], "sft_weight": 0.05 * (n - 1) ** 2},
+        ranking_inputs={
+            "completion_mask": batch["completion_mask"],
+            "segment_ids": batch.get("segment_ids"),
+            "layout": layout,
+            "rewards": batch["rewards"],
+            "sft_weight": 0.05 * (n - 1) ** 2,
+        },
     )
     output.loss.backward()
     optimizer.step()
@@ -116,8 +123,11 @@ def step(model, optimizer, batch) -> None:
 
 def batch_tokens(batch) -> dict:
     """Tokens the model processes (real, and with padding) and tokens scored."""
-    return {"tokens": int(batch["attention_mask"].sum()), "padded_tokens": batch["input_ids"].numel(),
-            "scored_tokens": int(batch["token_offsets"][-1])}
+    return {
+        "tokens": int(batch["attention_mask"].sum()),
+        "padded_tokens": batch["input_ids"].numel(),
+        "scored_tokens": int(batch["token_offsets"][-1]),
+    }
 
 
 def _proc_status(key: str) -> int:
@@ -147,14 +157,16 @@ def memory_worker(spec: str) -> None:
 
 
 def peak_memory(model: str, ns, rankings_per_step: int) -> dict:
-    spec = json.dumps({"model": model, "n": list(ns), "rankings_per_step": rankings_per_step,
-                       "threads": torch.get_num_threads()})
+    spec = json.dumps(
+        {"model": model, "n": list(ns), "rankings_per_step": rankings_per_step, "threads": torch.get_num_threads()}
+    )
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-worker", spec], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--memory-worker", spec], env=env, capture_output=True, text=True
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("MEMORY_RESULT "):
-            return json.loads(line[len("MEMORY_RESULT "):])
+            return json.loads(line[len("MEMORY_RESULT ") :])
     raise RuntimeError(f"memory pass failed for {model}:\n{proc.stderr[-3000:]}")
 
 
@@ -181,15 +193,21 @@ def time_model(name: str, args) -> list[dict]:
     for n in args.n:
         for layout in LAYOUTS:
             counts = [batch_tokens(b) for b in batches[n][layout]]
-            rows.append({
-                "model": name, "parameters": parameters, "n": n, "layout": layout,
-                "rankings_per_step": args.rankings_per_step,
-                "tokens_per_step": statistics.mean(c["tokens"] for c in counts),
-                "padded_tokens_per_step": statistics.mean(c["padded_tokens"] for c in counts),
-                "scored_tokens_per_step": statistics.mean(c["scored_tokens"] for c in counts),
-                "step_times_s": times[(n, layout)], "median_step_s": statistics.median(times[(n, layout)]),
-                "peak_mem_mb": memory[f"{n}/{layout}"],
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "parameters": parameters,
+                    "n": n,
+                    "layout": layout,
+                    "rankings_per_step": args.rankings_per_step,
+                    "tokens_per_step": statistics.mean(c["tokens"] for c in counts),
+                    "padded_tokens_per_step": statistics.mean(c["padded_tokens"] for c in counts),
+                    "scored_tokens_per_step": statistics.mean(c["scored_tokens"] for c in counts),
+                    "step_times_s": times[(n, layout)],
+                    "median_step_s": statistics.median(times[(n, layout)]),
+                    "peak_mem_mb": memory[f"{n}/{layout}"],
+                }
+            )
     for row in rows:
         plain = next(r for r in rows if r["n"] == row["n"] and r["layout"] == "plain")
         row["speedup_vs_plain"] = plain["median_step_s"] / row["median_step_s"]
@@ -223,8 +241,10 @@ def verdicts(rows) -> list[str]:
             fast = row["speedup_vs_plain"] >= goal
             memory = row["mem_vs_plain"] is not None and row["mem_vs_plain"] <= 1.0
             met = "met" if fast and memory else "NOT met"
-            out.append(f"{model}, n = {n}: shared step {row['speedup_vs_plain']:.2f}x faster (goal >= {goal}x), "
-                       f"peak memory {row['mem_vs_plain']:.2f}x plain (goal <= 1): **{met}**")
+            out.append(
+                f"{model}, n = {n}: shared step {row['speedup_vs_plain']:.2f}x faster (goal >= {goal}x), "
+                f"peak memory {row['mem_vs_plain']:.2f}x plain (goal <= 1): **{met}**"
+            )
     return out
 
 
@@ -247,7 +267,8 @@ def markdown(meta, rows) -> str:
             f"| {r['model']} | {r['parameters'] / 1e6:.1f}M | {r['n']} | {r['layout']} | {r['tokens_per_step']:.0f} | "
             f"{r['padded_tokens_per_step']:.0f} | {r['scored_tokens_per_step']:.0f} | {r['median_step_s']:.3f} | "
             f"{r['speedup_vs_plain']:.2f} | {r['tokens_vs_plain']:.2f} | {r['peak_mem_mb']:.1f} | "
-            + ("n/a" if r["mem_vs_plain"] is None else f"{r['mem_vs_plain']:.2f}") + " |"
+            + ("n/a" if r["mem_vs_plain"] is None else f"{r['mem_vs_plain']:.2f}")
+            + " |"
         )
     lines += ["", "## Goals", ""] + [f"- {v}" for v in verdicts(rows)]
     lines += [
@@ -273,9 +294,10 @@ def plot(rows, path) -> None:
         axes[0].bar(xs, [r["speedup_vs_plain"] for r in shared], width, label=model)
         axes[1].bar(xs, [r["mem_vs_plain"] or 0 for r in shared], width, label=model)
         for ax in axes:
-            ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(shared))],
-                          [f"n={r['n']}" for r in shared])
-    for n, goal in GOALS.items():
+            ax.set_xticks(
+                [j + width * (len(models) - 1) / 2 for j in range(len(shared))], [f"n={r['n']}" for r in shared]
+            )
+    for _n, goal in GOALS.items():
         axes[0].axhline(goal, ls="--", lw=0.8, color="gray")
     axes[0].set_ylabel("plain step time / shared step time")
     axes[0].set_title("Speedup of the shared-prompt layout")
@@ -305,9 +327,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, default=3, help="distinct batches per (n), cycled over repetitions")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a machine shared with other jobs, two threads stall at "
-                        "every op waiting for each other, which swamps the layouts' difference)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a machine shared with other jobs, two threads stall at "
+        "every op waiting for each other, which swamps the layouts' difference)",
+    )
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -324,18 +350,27 @@ def main(argv=None) -> None:
     busy = float(load_start.split()[0]) > os.cpu_count()
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "hardware": hardware(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "load_start": load_start, "load_end": load_average(),
+        "hardware": hardware(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "load_start": load_start,
+        "load_end": load_average(),
         "setup": f"{args.threads} torch thread(s), {args.rankings_per_step} rankings per step, {args.batches} distinct batches per n cycled, "
         f"{args.warmup} warm-up + {args.repeats} timed steps per (model, n, layout), the layouts alternating step by "
         "step; fp32, sdpa attention, AdamW, loss core `torch` implementation, max_length 512, max_prompt_length 384",
         "machine_note": "Other processes were running on the machine (load above the CPU count): absolute times are "
-        "inflated and noisy; the ratios come from interleaved steps." if busy else "The machine was otherwise quiet.",
+        "inflated and noisy; the ratios come from interleaved steps."
+        if busy
+        else "The machine was otherwise quiet.",
     }
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, "shared_prompt_cpu")
-    _write(base + ".json", json.dumps({"benchmark": "shared_prompt", "meta": meta, "results": rows,
-                                       "goals": verdicts(rows)}, indent=2) + "\n")
+    _write(
+        base + ".json",
+        json.dumps({"benchmark": "shared_prompt", "meta": meta, "results": rows, "goals": verdicts(rows)}, indent=2)
+        + "\n",
+    )
     _write(base + ".md", markdown(meta, rows))
     plot(rows, base + ".png")
     print(markdown(meta, rows))

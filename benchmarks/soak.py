@@ -1,5 +1,3 @@
-
-
 """Soak: `trl-pro pro` on the quickstart recipe for 2,000 optimizer steps, watching for slow failures.
 
 A benchmark, not a CI test (a smoke test runs it for a few steps). One process, the quickstart settings
@@ -66,7 +64,6 @@ def run(steps: int, output_dir: str, output: Path | None = None, write_every: in
     import psutil
     from transformers import TrainerCallback
 
-
     process = psutil.Process()
     records: dict[int, dict] = {}
     dropped: list[str] = []
@@ -82,13 +79,26 @@ def run(steps: int, output_dir: str, output: Path | None = None, write_every: in
                 entry.update(loss=logs["loss"], grad_norm=logs.get("grad_norm"), num_tokens=logs.get("num_tokens"))
                 if write_every and state.global_step % write_every == 0 and state.global_step < steps:
                     # partial results, so that an interrupted soak still leaves a report of the steps it ran
-                    report = summarise(records, steps, time.perf_counter() - start, dropped,
-                                       len(trainer.train_dataset), rss_before)
+                    report = summarise(
+                        records, steps, time.perf_counter() - start, dropped, len(trainer.train_dataset), rss_before
+                    )
                     write_report(report, output, with_plot=False)  # no matplotlib in the measured process
 
     argv = [
-        "--config", str(RECIPE), "--max_steps", str(steps), "--logging_steps", "1", "--logging_nan_inf_filter",
-        "false", "--output_dir", output_dir, "--save_strategy", "no", "--disable_tqdm", "false",
+        "--config",
+        str(RECIPE),
+        "--max_steps",
+        str(steps),
+        "--logging_steps",
+        "1",
+        "--logging_nan_inf_filter",
+        "false",
+        "--output_dir",
+        output_dir,
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "false",
         "--no_eval_before_training",
     ]
     from trl_pro.cli import training
@@ -115,10 +125,14 @@ def run(steps: int, output_dir: str, output: Path | None = None, write_every: in
     return summarise(records, steps, time.perf_counter() - start, dropped, len(trainer.train_dataset), rss_before)
 
 
-def summarise(records: dict[int, dict], steps: int, wall: float, dropped: list[str], train_rows: int,
-              rss_before: float) -> dict:
-    rows = [{"step": step, **records[step]} for step in sorted(records) if step > 0 and "loss" in records[step]
-            and "rss_mib" in records[step]]
+def summarise(
+    records: dict[int, dict], steps: int, wall: float, dropped: list[str], train_rows: int, rss_before: float
+) -> dict:
+    rows = [
+        {"step": step, **records[step]}
+        for step in sorted(records)
+        if step > 0 and "loss" in records[step] and "rss_mib" in records[step]
+    ]
     skipped, previous_tokens = [], 0
     for row in rows:
         reasons = []
@@ -182,9 +196,15 @@ def markdown(report: dict) -> str:
     lines = [
         "# Soak: quickstart recipe for {} steps (CPU)".format(report["steps"]),
         "",
-        *([] if report["complete"] else [
-            f"**Partial result: {report['steps']} of {report['requested_steps']} steps** (written while the soak "
-            "runs; the run was stopped or is still going).", ""]),
+        *(
+            []
+            if report["complete"]
+            else [
+                f"**Partial result: {report['steps']} of {report['requested_steps']} steps** (written while the soak "
+                "runs; the run was stopped or is still going).",
+                "",
+            ]
+        ),
         f"Command: `python benchmarks/soak.py --steps {report['requested_steps']}` "
         f"(`recipes/quickstart.yaml`, `max_steps={report['requested_steps']}`, `logging_steps=1`, "
         "`logging_nan_inf_filter=false`).",
@@ -231,9 +251,13 @@ def plot(report: dict, path: Path) -> None:
     ax_loss.set_ylabel("training loss")
     ax_loss.set_title(f"Soak: quickstart recipe, {report['steps']} steps (CPU)")
     ax_rss.plot(steps, [r["rss_mib"] for r in report["per_step"]], linewidth=0.8)
-    window = report["per_step"][-report["rss_slope_window_steps"]:]
-    ax_rss.axvspan(window[0]["step"], window[-1]["step"], alpha=0.1,
-                   label=f"slope {report['rss_slope_kib_per_step']:+.2f} KiB/step")
+    window = report["per_step"][-report["rss_slope_window_steps"] :]
+    ax_rss.axvspan(
+        window[0]["step"],
+        window[-1]["step"],
+        alpha=0.1,
+        label=f"slope {report['rss_slope_kib_per_step']:+.2f} KiB/step",
+    )
     ax_rss.set_ylabel("RSS (MiB)")
     ax_rss.set_xlabel("optimizer step")
     ax_rss.legend()
@@ -268,5 +292,8 @@ def write_report(report: dict, output: Path, with_plot: bool = True) -> None:
 
 if __name__ == "__main__":
     report = main()
-    sys.exit(0 if report["loss_finite_every_step"] and not report["skipped_steps"]
-             and report["rss_within_bound"] is not False else 1)
+    sys.exit(
+        0
+        if report["loss_finite_every_step"] and not report["skipped_steps"] and report["rss_within_bound"] is not False
+        else 1
+    )

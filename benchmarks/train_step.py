@@ -81,8 +81,14 @@ def save_model(kind: str, folder: Path, seed: int = 0) -> Path:
     if kind in ("tiny", "tiny-qlora"):
         model = build_tiny_llama(seed)
     elif kind == "small":  # big enough that compute, not Python overhead, dominates a CPU step
-        model = build_tiny_llama(seed, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                                 num_attention_heads=8, num_key_value_heads=4)
+        model = build_tiny_llama(
+            seed,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+        )
     elif kind == "llama7b-qlora":
         from transformers import LlamaForCausalLM
 
@@ -229,26 +235,45 @@ def worker(args) -> dict:
         from peft import LoraConfig
 
         quantization_config = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-        peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=64, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
         model_kwargs = {"dtype": "bfloat16", "device_map": {"": 0}} if cuda else {"dtype": "bfloat16"}
     tokenizer = load_tiny_tokenizer()
     if args.worker == "pro":
-        config = PROConfig(**common, max_prompt_length=args.max_length // 2 if qlora else 384,
-                           model_init_kwargs=model_kwargs or None)
-        trainer = PROTrainer(args.model_path, config, train_dataset=dataset, processing_class=tokenizer,
-                             quantization_config=quantization_config, peft_config=peft_config)
-        lengths = [len(r["prompt_ids"]) * len(r["completion_ids"]) + sum(map(len, r["completion_ids"]))
-                   for r in trainer.train_dataset]
+        config = PROConfig(
+            **common, max_prompt_length=args.max_length // 2 if qlora else 384, model_init_kwargs=model_kwargs or None
+        )
+        trainer = PROTrainer(
+            args.model_path,
+            config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        lengths = [
+            len(r["prompt_ids"]) * len(r["completion_ids"]) + sum(map(len, r["completion_ids"]))
+            for r in trainer.train_dataset
+        ]
     else:
         config = DPOConfig(**common, beta=0.1, truncation_mode="keep_end", model_init_kwargs=model_kwargs or None)
-        trainer = DPOTrainer(args.model_path, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             quantization_config=quantization_config, peft_config=peft_config)
-        lengths = [2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
-                   for r in trainer.train_dataset]
+        trainer = DPOTrainer(
+            args.model_path,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        lengths = [
+            2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset
+        ]
     trainer.add_callback(StepTimer())
 
     if cuda:
@@ -261,8 +286,11 @@ def worker(args) -> dict:
     else:
         with _RssSampler() as rss:
             trainer.train()
-        memory = {"peak_mb": (rss.peak - rss.start) / 2**20, "before_training_mb": rss.start / 2**20,
-                  "peak_process_rss_mb": rss.peak / 2**20}
+        memory = {
+            "peak_mb": (rss.peak - rss.start) / 2**20,
+            "before_training_mb": rss.start / 2**20,
+            "peak_process_rss_mb": rss.peak / 2**20,
+        }
         peak_note = "peak RSS while training minus RSS before training (sampled every 5 ms)"
     measured = times[args.warmup :]
     return {
@@ -322,9 +350,24 @@ def environment(device: str) -> dict:
 
 
 def run_worker(args, trainer: str) -> dict:
-    command = [sys.executable, __file__, "--worker", trainer, "--model", args.model, "--model_path",
-               str(args.model_path), "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch_size",
-               str(args.batch_size), "--max_length", str(args.max_length)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        trainer,
+        "--model",
+        args.model,
+        "--model_path",
+        str(args.model_path),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch_size",
+        str(args.batch_size),
+        "--max_length",
+        str(args.max_length),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{trainer} worker failed:\n{result.stderr[-4000:]}")
@@ -356,7 +399,9 @@ def markdown(report: dict) -> str:
         )
     ratio, memory_ratio = report["step_time_ratio_pro_over_dpo"], report["peak_memory_ratio_pro_over_dpo"]
     verdict = "meets" if ratio <= GOAL else "does not meet"
-    goal = "" if report["model"] == "tiny-qlora" else f" ({verdict} the goal of <= {GOAL})"  # a check, not a measurement
+    goal = (
+        "" if report["model"] == "tiny-qlora" else f" ({verdict} the goal of <= {GOAL})"
+    )  # a check, not a measurement
     lines += [
         "",
         f"PRO / DPO median step time: **{ratio:.3f}**{goal}. PRO / DPO peak memory: **{memory_ratio:.3f}**.",
@@ -378,26 +423,35 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["tiny", "small", "llama7b-qlora", "tiny-qlora"], default=None,
-                        help="default: llama7b-qlora on CUDA, tiny otherwise (tiny-qlora: CPU check of the QLoRA "
-                        "path)")
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "small", "llama7b-qlora", "tiny-qlora"],
+        default=None,
+        help="default: llama7b-qlora on CUDA, tiny otherwise (tiny-qlora: CPU check of the QLoRA path)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 30 CPU, 10 GPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="runs per trainer, alternating PRO and DPO")
     parser.add_argument("--batch_size", type=int, default=None, help="pairs per step (default 8 CPU, 1 GPU)")
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--output", default=None, help="results path without suffix")
-    parser.add_argument("--compare", choices=["rankings"],
-                        help="rankings: PRO (plain and shared-prompt layouts) vs DPO over the 3 adjacent / all 6 pairs "
-                        "of rankings of 4, time per ranking (CPU)")
+    parser.add_argument(
+        "--compare",
+        choices=["rankings"],
+        help="rankings: PRO (plain and shared-prompt layouts) vs DPO over the 3 adjacent / all 6 pairs "
+        "of rankings of 4, time per ranking (CPU)",
+    )
     parser.add_argument("--rankings_per_step", type=int, default=2, help="--compare rankings: rankings per step")
     parser.add_argument("--threads", type=int, default=1, help="--compare rankings: torch threads per worker")
     parser.add_argument("--rankings_path", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["pro", "dpo", *RANKING_WORKERS], help=argparse.SUPPRESS)
     parser.add_argument("--model_path", help=argparse.SUPPRESS)
     # RRHF section: PRO, RRHF and DPO at ranking lengths 2 and 4 (see `ranking_lengths_main`)
-    parser.add_argument("--ranking_lengths", action="store_true",
-                        help="compare PRO, RRHF and DPO at ranking lengths 2 and 4 on the same ranked rows (CPU)")
+    parser.add_argument(
+        "--ranking_lengths",
+        action="store_true",
+        help="compare PRO, RRHF and DPO at ranking lengths 2 and 4 on the same ranked rows (CPU)",
+    )
     parser.add_argument("--ranking_worker", choices=RANKING_TRAINERS, help=argparse.SUPPRESS)
     parser.add_argument("--ranking_length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -440,20 +494,30 @@ def main(argv=None) -> None:
     def pooled(results: list[dict]) -> dict:
         times = [t for r in results for t in r["step_times_s"]]
         peak = max(results, key=lambda r: r["memory"]["peak_mb"])["memory"]
-        return {**results[0], "step_times_s": times, "median_step_s": statistics.median(times), "memory": peak,
-                "run_medians_s": [r["median_step_s"] for r in results]}
+        return {
+            **results[0],
+            "step_times_s": times,
+            "median_step_s": statistics.median(times),
+            "memory": peak,
+            "run_medians_s": [r["median_step_s"] for r in results],
+        }
 
     pro, dpo = pooled(runs["pro"]), pooled(runs["dpo"])
-    data = (f"synthetic pairs, {args.max_length} tokens per candidate" if qlora
-            else "vendored HH-RLHF slice (1196 valid raw pairs)")
+    data = (
+        f"synthetic pairs, {args.max_length} tokens per candidate"
+        if qlora
+        else "vendored HH-RLHF slice (1196 valid raw pairs)"
+    )
     report = {
         "benchmark": "train_step",
         "model": args.model,
         "setup": f"model {args.model}, data {data}, batch {args.batch_size} pairs, max_length {args.max_length}, "
         f"{args.warmup} warm-up + {args.steps} timed steps per run, {args.repeats} runs per trainer, "
-        + ("4-bit NF4 + LoRA r=64 all-linear, gradient checkpointing, " + ("bf16" if cuda else "on CPU")
-           if qlora else
-           "fp32, no gradient checkpointing, full fine-tuning (DPO's reference model is a frozen copy)"),
+        + (
+            "4-bit NF4 + LoRA r=64 all-linear, gradient checkpointing, " + ("bf16" if cuda else "on CPU")
+            if qlora
+            else "fp32, no gradient checkpointing, full fine-tuning (DPO's reference model is a frozen copy)"
+        ),
         "environment": environment(device),
         "pro": pro,
         "dpo": dpo,
@@ -480,7 +544,6 @@ def main(argv=None) -> None:
     print(markdown(report))
 
 
-
 # --- Rankings of 4: PRO (plain and shared-prompt layouts) against DPO over their pairs (issue 12) -------------------
 #
 # A user with rankings of 4 who does not have PRO splits them into DPO pairs: the 3 adjacent pairs (1>2, 2>3, 3>4) or
@@ -488,8 +551,12 @@ def main(argv=None) -> None:
 # same model, same rankings, one run (each trainer in its own process, alternating), and reports the time per ranking.
 
 RANKING_WORKERS = ("pro-plain", "pro-shared", "dpo-adjacent", "dpo-all")
-RANKING_LABELS = {"pro-plain": "PRO, plain layout", "pro-shared": "PRO, shared prompt",
-                  "dpo-adjacent": "DPO, 3 adjacent pairs", "dpo-all": "DPO, all 6 pairs"}
+RANKING_LABELS = {
+    "pro-plain": "PRO, plain layout",
+    "pro-shared": "PRO, shared prompt",
+    "dpo-adjacent": "DPO, 3 adjacent pairs",
+    "dpo-all": "DPO, all 6 pairs",
+}
 
 
 def hh_rankings(count: int, n: int = 4, seed: int = 0) -> list[dict]:
@@ -515,10 +582,15 @@ def ranking_pairs(rankings: list[dict], which: str) -> list[dict]:
     rows = []
     for ranking in rankings:
         n = len(ranking["completions"])
-        pairs = [(i, i + 1) for i in range(n - 1)] if which == "adjacent" else \
-            [(i, j) for i in range(n) for j in range(i + 1, n)]
-        rows += [{"prompt": ranking["prompt"], "chosen": ranking["completions"][i],
-                  "rejected": ranking["completions"][j]} for i, j in pairs]
+        pairs = (
+            [(i, i + 1) for i in range(n - 1)]
+            if which == "adjacent"
+            else [(i, j) for i in range(n) for j in range(i + 1, n)]
+        )
+        rows += [
+            {"prompt": ranking["prompt"], "chosen": ranking["completions"][i], "rejected": ranking["completions"][j]}
+            for i, j in pairs
+        ]
     return rows
 
 
@@ -547,37 +619,65 @@ def ranking_worker(args) -> dict:
 
     trainer_kind, variant = args.worker.split("-")
     pairs_per_ranking = (n - 1) if variant == "adjacent" else n * (n - 1) // 2
-    common = dict(output_dir=tempfile.mkdtemp(prefix=f"bench-{args.worker}-"), max_steps=args.warmup + args.steps,
-                  learning_rate=1e-5, logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True,
-                  seed=0, max_length=args.max_length, gradient_checkpointing=False, bf16=False, use_cpu=True,
-                  dataloader_num_workers=0)
+    common = dict(
+        output_dir=tempfile.mkdtemp(prefix=f"bench-{args.worker}-"),
+        max_steps=args.warmup + args.steps,
+        learning_rate=1e-5,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        max_length=args.max_length,
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
     tokenizer = load_tiny_tokenizer()
     if trainer_kind == "pro":
-        config = PROConfig(**common, per_device_train_batch_size=args.rankings_per_step,
-                           shared_prompt=variant == "shared")
-        trainer = PROTrainer(args.model_path, config, train_dataset=Dataset.from_list(rankings),
-                             processing_class=tokenizer)
+        config = PROConfig(
+            **common, per_device_train_batch_size=args.rankings_per_step, shared_prompt=variant == "shared"
+        )
+        trainer = PROTrainer(
+            args.model_path, config, train_dataset=Dataset.from_list(rankings), processing_class=tokenizer
+        )
         assert trainer.data_collator.shared_prompt == (variant == "shared")
         if variant == "shared":
             tokens = [len(r["prompt_ids"]) + sum(map(len, r["completion_ids"])) for r in trainer.train_dataset]
         else:
-            tokens = [len(r["prompt_ids"]) * len(r["completion_ids"]) + sum(map(len, r["completion_ids"]))
-                      for r in trainer.train_dataset]
+            tokens = [
+                len(r["prompt_ids"]) * len(r["completion_ids"]) + sum(map(len, r["completion_ids"]))
+                for r in trainer.train_dataset
+            ]
         tokens_per_ranking = statistics.mean(tokens)
     else:
-        config = DPOConfig(**common, per_device_train_batch_size=args.rankings_per_step * pairs_per_ranking,
-                           beta=0.1, truncation_mode="keep_end")
-        trainer = DPOTrainer(args.model_path, args=config,
-                             train_dataset=Dataset.from_list(ranking_pairs(rankings, variant)),
-                             processing_class=tokenizer)
-        tokens = [2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
-                  for r in trainer.train_dataset]
+        config = DPOConfig(
+            **common,
+            per_device_train_batch_size=args.rankings_per_step * pairs_per_ranking,
+            beta=0.1,
+            truncation_mode="keep_end",
+        )
+        trainer = DPOTrainer(
+            args.model_path,
+            args=config,
+            train_dataset=Dataset.from_list(ranking_pairs(rankings, variant)),
+            processing_class=tokenizer,
+        )
+        tokens = [
+            2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset
+        ]
         tokens_per_ranking = statistics.mean(tokens) * pairs_per_ranking  # policy tokens; the reference sees them too
     trainer.add_callback(StepTimer())
     trainer.train()
-    measured = times[args.warmup:]
-    return {"trainer": args.worker, "step_times_s": measured, "median_step_s": statistics.median(measured),
-            "rankings_per_step": args.rankings_per_step, "policy_tokens_per_ranking": tokens_per_ranking}
+    measured = times[args.warmup :]
+    return {
+        "trainer": args.worker,
+        "step_times_s": measured,
+        "median_step_s": statistics.median(measured),
+        "rankings_per_step": args.rankings_per_step,
+        "policy_tokens_per_ranking": tokens_per_ranking,
+    }
 
 
 def compare_rankings(args) -> None:
@@ -590,10 +690,28 @@ def compare_rankings(args) -> None:
         for repeat in range(args.repeats):
             order = RANKING_WORKERS if repeat % 2 == 0 else RANKING_WORKERS[::-1]
             for worker in order:
-                command = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--model_path",
-                           str(args.model_path), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                           "--max_length", str(args.max_length), "--rankings_per_step", str(args.rankings_per_step),
-                           "--rankings_path", str(rankings_path), "--threads", str(args.threads)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    worker,
+                    "--model",
+                    args.model,
+                    "--model_path",
+                    str(args.model_path),
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    "--max_length",
+                    str(args.max_length),
+                    "--rankings_per_step",
+                    str(args.rankings_per_step),
+                    "--rankings_path",
+                    str(rankings_path),
+                    "--threads",
+                    str(args.threads),
+                ]
                 result = subprocess.run(command, capture_output=True, text=True)
                 if result.returncode != 0:
                     raise RuntimeError(f"{worker} worker failed:\n{result.stderr[-4000:]}")
@@ -604,16 +722,22 @@ def compare_rankings(args) -> None:
     for worker, results in runs.items():
         times = [t for r in results for t in r["step_times_s"]]
         median = statistics.median(times)
-        rows[worker] = {"label": RANKING_LABELS[worker], "step_times_s": times, "median_step_s": median,
-                        "run_medians_s": [r["median_step_s"] for r in results],
-                        "seconds_per_ranking": median / args.rankings_per_step,
-                        "policy_tokens_per_ranking": results[0]["policy_tokens_per_ranking"]}
+        rows[worker] = {
+            "label": RANKING_LABELS[worker],
+            "step_times_s": times,
+            "median_step_s": median,
+            "run_medians_s": [r["median_step_s"] for r in results],
+            "seconds_per_ranking": median / args.rankings_per_step,
+            "policy_tokens_per_ranking": results[0]["policy_tokens_per_ranking"],
+        }
     for row in rows.values():
         row["time_vs_pro_plain"] = row["seconds_per_ranking"] / rows["pro-plain"]["seconds_per_ranking"]
         row["time_vs_pro_shared"] = row["seconds_per_ranking"] / rows["pro-shared"]["seconds_per_ranking"]
     busy = float(load_start.split()[0]) > (os.cpu_count() or 1)
     report = {
-        "benchmark": "train_step_rankings", "model": args.model, "environment": environment("cpu"),
+        "benchmark": "train_step_rankings",
+        "model": args.model,
+        "environment": environment("cpu"),
         "setup": f"model {args.model}, {args.rankings_per_step} rankings of 4 per step (HH-RLHF lengths, "
         f"{args.rankings_per_step * 3} / {args.rankings_per_step * 6} DPO pairs per step), max_length "
         f"{args.max_length}, {args.warmup} warm-up + {args.steps} timed steps per run, {args.repeats} runs per "
@@ -621,7 +745,9 @@ def compare_rankings(args) -> None:
         "is a frozen copy)",
         "load_average_start_end": [load_start, load_end],
         "machine_note": "Other processes were running on the machine (load above the CPU count): the ratios come "
-        "from alternating runs in one invocation, absolute times are inflated." if busy else "",
+        "from alternating runs in one invocation, absolute times are inflated."
+        if busy
+        else "",
         "rows": rows,
     }
     output = Path(args.output) if args.output else RESULTS / f"train_step_rankings_cpu_{args.model}"
@@ -651,9 +777,11 @@ def ranking_markdown(report: dict) -> str:
     ]
     for row in report["rows"].values():
         runs = ", ".join(f"{t:.3f}" for t in row["run_medians_s"])
-        lines.append(f"| {row['label']} | {row['median_step_s']:.3f} | {runs} | {row['seconds_per_ranking']:.3f} | "
-                     f"{row['policy_tokens_per_ranking']:.0f} | {row['time_vs_pro_plain']:.2f} | "
-                     f"{row['time_vs_pro_shared']:.2f} |")
+        lines.append(
+            f"| {row['label']} | {row['median_step_s']:.3f} | {runs} | {row['seconds_per_ranking']:.3f} | "
+            f"{row['policy_tokens_per_ranking']:.0f} | {row['time_vs_pro_plain']:.2f} | "
+            f"{row['time_vs_pro_shared']:.2f} |"
+        )
     lines += [
         "",
         "Each step covers the same number of rankings: PRO takes them whole, DPO their 3 adjacent or 6 pairs (the "
@@ -672,8 +800,11 @@ def ranking_plot(report: dict, path: Path) -> None:
 
     rows = list(report["rows"].values())
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar([r["label"] for r in rows], [r["seconds_per_ranking"] for r in rows],
-           color=["tab:blue", "tab:green", "tab:orange", "tab:red"])
+    ax.bar(
+        [r["label"] for r in rows],
+        [r["seconds_per_ranking"] for r in rows],
+        color=["tab:blue", "tab:green", "tab:orange", "tab:red"],
+    )
     for i, r in enumerate(rows):
         ax.text(i, r["seconds_per_ranking"], f"{r['time_vs_pro_shared']:.2f}x", ha="center", va="bottom")
     ax.set_ylabel("median step time per ranking (s)")
@@ -683,7 +814,6 @@ def ranking_plot(report: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
     os.replace(tmp, path)
-
 
 
 # === RRHF: PRO, RRHF and DPO at ranking lengths 2 and 4 on the same ranked rows (`--ranking_lengths`) ================
@@ -782,19 +912,24 @@ def lengths_worker(args) -> dict:
     tokenizer = load_tiny_tokenizer()
     if trainer_name == "dpo":
         # One step covers the same prompts as a PRO/RRHF step: batch_size prompts x (n - 1) adjacent pairs
-        config = DPOConfig(**common, per_device_train_batch_size=args.batch_size * (n - 1), beta=0.1,
-                           truncation_mode="keep_end")
-        trainer = DPOTrainer(args.model_path, args=config, train_dataset=adjacent_pairs(rankings),
-                             processing_class=tokenizer)
-        tokens = [2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
-                  for r in trainer.train_dataset]
+        config = DPOConfig(
+            **common, per_device_train_batch_size=args.batch_size * (n - 1), beta=0.1, truncation_mode="keep_end"
+        )
+        trainer = DPOTrainer(
+            args.model_path, args=config, train_dataset=adjacent_pairs(rankings), processing_class=tokenizer
+        )
+        tokens = [
+            2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in trainer.train_dataset
+        ]
         tokens_per_step = statistics.mean(tokens) * args.batch_size * (n - 1)
     else:
         config_class, trainer_class = (PROConfig, PROTrainer) if trainer_name == "pro" else (RRHFConfig, RRHFTrainer)
         config = config_class(**common, per_device_train_batch_size=args.batch_size, max_prompt_length=half)
         trainer = trainer_class(args.model_path, config, train_dataset=rankings, processing_class=tokenizer)
-        tokens = [len(r["prompt_ids"]) * len(r["completion_ids"]) + sum(map(len, r["completion_ids"]))
-                  for r in trainer.train_dataset]
+        tokens = [
+            len(r["prompt_ids"]) * len(r["completion_ids"]) + sum(map(len, r["completion_ids"]))
+            for r in trainer.train_dataset
+        ]
         tokens_per_step = statistics.mean(tokens) * args.batch_size
     trainer.add_callback(StepTimer())
     with _RssSampler() as rss:
@@ -808,15 +943,35 @@ def lengths_worker(args) -> dict:
         "step_cpu_times_s": cpu_times[args.warmup :],
         "median_step_cpu_s": statistics.median(cpu_times[args.warmup :]),
         "tokens_per_step_mean": tokens_per_step,
-        "memory": {"peak_mb": (rss.peak - rss.start) / 2**20, "before_training_mb": rss.start / 2**20,
-                   "peak_process_rss_mb": rss.peak / 2**20},
+        "memory": {
+            "peak_mb": (rss.peak - rss.start) / 2**20,
+            "before_training_mb": rss.start / 2**20,
+            "peak_process_rss_mb": rss.peak / 2**20,
+        },
     }
 
 
 def run_lengths_worker(args, trainer: str, n: int) -> dict:
-    command = [sys.executable, __file__, "--ranking_worker", trainer, "--ranking_length", str(n), "--model",
-               args.model, "--model_path", str(args.model_path), "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--batch_size", str(args.batch_size), "--max_length", str(args.max_length)]
+    command = [
+        sys.executable,
+        __file__,
+        "--ranking_worker",
+        trainer,
+        "--ranking_length",
+        str(n),
+        "--model",
+        args.model,
+        "--model_path",
+        str(args.model_path),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch_size",
+        str(args.batch_size),
+        "--max_length",
+        str(args.max_length),
+    ]
     # One thread per worker: the machine's cores are shared with other jobs, and an OpenMP team that spins while it
     # waits for a busy core inflates both the wall time and the CPU time of a step by whatever the other jobs do
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -881,8 +1036,11 @@ def lengths_plot(report: dict, path: Path) -> None:
         axes[0].bar(x, [r["median_step_s"] for r in rows], width, label=trainer.upper())
         axes[1].bar(x, [r["median_step_cpu_s"] for r in rows], width, label=trainer.upper())
         axes[2].bar(x, [r["memory"]["peak_mb"] for r in rows], width, label=trainer.upper())
-    for ax, label in ((axes[0], "median step time (s)"), (axes[1], "median step CPU time (s)"),
-                      (axes[2], "peak memory (MiB added to RSS)")):
+    for ax, label in (
+        (axes[0], "median step time (s)"),
+        (axes[1], "median step CPU time (s)"),
+        (axes[2], "peak memory (MiB added to RSS)"),
+    ):
         ax.set_xticks(range(len(RANKING_LENGTHS)), [f"n = {n}" for n in RANKING_LENGTHS])
         ax.set_ylabel(label)
         ax.legend()
@@ -907,16 +1065,23 @@ def ranking_lengths_main(args) -> None:
         for _ in range(args.repeats):
             for trainer, n in configs:
                 runs[(trainer, n)].append(run_lengths_worker(args, trainer, n))
-                print(f"{trainer} n={n}: median step {runs[(trainer, n)][-1]['median_step_s']:.4f} s",
-                      file=sys.stderr)
+                print(f"{trainer} n={n}: median step {runs[(trainer, n)][-1]['median_step_s']:.4f} s", file=sys.stderr)
     rows = []
-    for (trainer, n), results in runs.items():
+    for (_trainer, _n), results in runs.items():
         times = [t for r in results for t in r["step_times_s"]]
         cpu_times = [t for r in results for t in r["step_cpu_times_s"]]
         peak = max(results, key=lambda r: r["memory"]["peak_mb"])["memory"]
-        rows.append({**results[0], "step_times_s": times, "median_step_s": statistics.median(times),
-                     "step_cpu_times_s": cpu_times, "median_step_cpu_s": statistics.median(cpu_times), "memory": peak,
-                     "run_medians_s": [r["median_step_s"] for r in results]})
+        rows.append(
+            {
+                **results[0],
+                "step_times_s": times,
+                "median_step_s": statistics.median(times),
+                "step_cpu_times_s": cpu_times,
+                "median_step_cpu_s": statistics.median(cpu_times),
+                "memory": peak,
+                "run_medians_s": [r["median_step_s"] for r in results],
+            }
+        )
     for row in rows:
         pro = next(r for r in rows if r["trainer"] == "pro" and r["ranking_length"] == row["ranking_length"])
         row["step_time_ratio_over_pro"] = row["median_step_s"] / pro["median_step_s"]

@@ -72,7 +72,12 @@ def _convert_callouts(lines: list[str]) -> list[str]:
             i += 1
         for j, text in enumerate(body):
             # Markdown needs a blank line between a paragraph and the list that follows it
-            if text.startswith(("- ", "* ")) and j > 0 and body[j - 1].strip() and not body[j - 1].startswith(("- ", "* ")):
+            if (
+                text.startswith(("- ", "* "))
+                and j > 0
+                and body[j - 1].strip()
+                and not body[j - 1].startswith(("- ", "* "))
+            ):
                 out.append("")
             out.append(f"{indent}    {text}" if text else "")
     return out

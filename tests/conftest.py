@@ -163,8 +163,22 @@ def openai_server(tiny_policy_dir):
     executable = shutil.which("transformers")
     command = [executable] if executable else [sys.executable, "-m", "transformers.cli.transformers"]
     model = str(tiny_policy_dir)
-    command += ["serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32",
-                "--log-level", "warning", "--default-seed", "0"]
+    command += [
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--log-level",
+        "warning",
+        "--default-seed",
+        "0",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = tiny_policy_dir.parent / f"serve_{port}.log"
     log = open(log_path, "w")

@@ -22,9 +22,7 @@ from trl_pro.assets import (
 EXPECTED_ROWS = {"train": 1200, "test": 200}
 ASSISTANT = "\n\nAssistant:"
 # Where make_assets reads the full source; the reproducibility test is skipped where it is absent.
-HH_SOURCE = Path(
-    os.environ.get("TRL_PRO_HH_RLHF_SOURCE", "/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz")
-)
+HH_SOURCE = Path(os.environ.get("TRL_PRO_HH_RLHF_SOURCE", "/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz"))
 
 DIALOGUE = (
     "\n\nHuman: What's a good way to keep basil alive indoors?"

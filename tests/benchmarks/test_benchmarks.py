@@ -22,8 +22,9 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _run(script: str, *args: str) -> None:
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -56,8 +57,23 @@ def test_qlora_memory_without_gpu_reports_nothing(tmp_path):
 
 
 def test_train_step_qlora_path_runs_on_cpu(tmp_path):
-    _run("train_step.py", "--model", "tiny-qlora", "--steps", "2", "--warmup", "1", "--repeats", "1",
-         "--batch_size", "2", "--max_length", "64", "--output", str(tmp_path / "step"))
+    _run(
+        "train_step.py",
+        "--model",
+        "tiny-qlora",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--batch_size",
+        "2",
+        "--max_length",
+        "64",
+        "--output",
+        str(tmp_path / "step"),
+    )
     report = json.loads((tmp_path / "step.json").read_text())
     for trainer in ("pro", "dpo"):
         assert report[trainer]["loaded_in_4bit"] and _positive_times(report[trainer]["step_times_s"])
@@ -67,8 +83,25 @@ def test_train_step_qlora_path_runs_on_cpu(tmp_path):
 
 
 def test_loss_core_one_point_grid(tmp_path):
-    _run("loss_core.py", "--device", "cpu", "--n", "2", "--tokens", "16", "--vocab", "1000", "--hidden", "32",
-         "--warmup", "0", "--repeats", "1", "--out", str(tmp_path))
+    _run(
+        "loss_core.py",
+        "--device",
+        "cpu",
+        "--n",
+        "2",
+        "--tokens",
+        "16",
+        "--vocab",
+        "1000",
+        "--hidden",
+        "32",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
     report = json.loads((tmp_path / "loss_core_cpu.json").read_text())
     rows = report["results"]
     assert all(r["status"] == "ok" for r in rows)
@@ -81,8 +114,21 @@ def test_loss_core_one_point_grid(tmp_path):
 
 
 def test_shared_prompt_benchmark_tiny_grid(tmp_path):
-    _run("shared_prompt.py", "--models", "tiny", "--n", "2", "--batches", "1", "--warmup", "0", "--repeats", "1",
-         "--out", str(tmp_path))
+    _run(
+        "shared_prompt.py",
+        "--models",
+        "tiny",
+        "--n",
+        "2",
+        "--batches",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
     report = json.loads((tmp_path / "shared_prompt_cpu.json").read_text())
     rows = {r["layout"]: r for r in report["results"]}
     assert set(rows) == {"plain", "shared"}
@@ -96,16 +142,55 @@ def test_shared_prompt_benchmark_tiny_grid(tmp_path):
 
 def test_loss_core_liger_peer_fp32(tmp_path):
     pytest.importorskip("liger_kernel")
-    _run("loss_core.py", "--device", "cpu", "--n", "2", "--tokens", "16", "--vocab", "1000", "--hidden", "32",
-         "--dtype", "fp32", "--methods", "eager", "fused", "liger", "--warmup", "0", "--repeats", "1",
-         "--out", str(tmp_path))
+    _run(
+        "loss_core.py",
+        "--device",
+        "cpu",
+        "--n",
+        "2",
+        "--tokens",
+        "16",
+        "--vocab",
+        "1000",
+        "--hidden",
+        "32",
+        "--dtype",
+        "fp32",
+        "--methods",
+        "eager",
+        "fused",
+        "liger",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
     rows = json.loads((tmp_path / "loss_core_cpu.json").read_text())["results"]
     assert {r["method"] for r in rows} == {"eager", "fused", "liger"} and all(r["status"] == "ok" for r in rows)
 
 
 def test_train_step_rankings_comparison_runs(tmp_path):
-    _run("train_step.py", "--compare", "rankings", "--model", "tiny", "--steps", "1", "--warmup", "0",
-         "--repeats", "1", "--rankings_per_step", "1", "--max_length", "128", "--output", str(tmp_path / "rk"))
+    _run(
+        "train_step.py",
+        "--compare",
+        "rankings",
+        "--model",
+        "tiny",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--rankings_per_step",
+        "1",
+        "--max_length",
+        "128",
+        "--output",
+        str(tmp_path / "rk"),
+    )
     rows = json.loads((tmp_path / "rk.json").read_text())["rows"]
     assert list(rows) == ["pro-plain", "pro-shared", "dpo-adjacent", "dpo-all"]
     assert all(_positive_times(r["step_times_s"]) for r in rows.values())
@@ -137,8 +222,15 @@ def test_train_step_ranking_lengths_worker_and_report(tmp_path):
     rankings = train_step.synthetic_rankings(3, 4, 8, 8)
     pairs = train_step.adjacent_pairs(rankings)
     assert len(pairs) == 9 and pairs[1]["chosen"] == rankings[0]["completions"][1]
-    args = argparse.Namespace(model="tiny", steps=1, warmup=1, batch_size=2, max_length=32, ranking_length=4,
-                              model_path=str(train_step.save_model("tiny", tmp_path / "model")))
+    args = argparse.Namespace(
+        model="tiny",
+        steps=1,
+        warmup=1,
+        batch_size=2,
+        max_length=32,
+        ranking_length=4,
+        model_path=str(train_step.save_model("tiny", tmp_path / "model")),
+    )
     rows = []
     for trainer in ("rrhf", "dpo"):
         args.ranking_worker = trainer
@@ -148,8 +240,12 @@ def test_train_step_ranking_lengths_worker_and_report(tmp_path):
     assert rows[1]["tokens_per_step_mean"] == pytest.approx(1.5 * rows[0]["tokens_per_step_mean"], rel=0.1)
     for row in rows:
         assert _positive_times(row["step_cpu_times_s"])
-        row.update(run_medians_s=[row["median_step_s"]], step_time_ratio_over_pro=1.0, cpu_time_ratio_over_pro=1.0,
-                   peak_memory_ratio_over_pro=1.0)
+        row.update(
+            run_medians_s=[row["median_step_s"]],
+            step_time_ratio_over_pro=1.0,
+            cpu_time_ratio_over_pro=1.0,
+            peak_memory_ratio_over_pro=1.0,
+        )
     report = {"model": "tiny", "setup": "test", "environment": train_step.environment("cpu"), "rows": rows}
     text = train_step.lengths_markdown(report)
     assert "| 4 | RRHF |" in text and "| 4 | DPO |" in text and "Not measured on GPU" in text

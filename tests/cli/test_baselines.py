@@ -33,8 +33,18 @@ def views(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("baselines")
     ranked = write_ranked_file(folder / "ranked.jsonl", num_rows=16)
-    prepare_data.main(["--source", "ranked", "--dataset_name", str(ranked), "--output_dir", str(folder / "views"),
-                       "--test_size", "0.25"])
+    prepare_data.main(
+        [
+            "--source",
+            "ranked",
+            "--dataset_name",
+            str(ranked),
+            "--output_dir",
+            str(folder / "views"),
+            "--test_size",
+            "0.25",
+        ]
+    )
     return folder / "views"
 
 
@@ -42,23 +52,59 @@ def test_views_derive_from_one_ranked_dataset(tmp_path):
     from trl_pro.scripts import prepare_data
 
     rows = [
-        {"prompt": f"\n\nHuman: q{i}?\n\nAssistant:", "completions": [f" low{i}", f" high{i}", f" mid{i}"],
-         "scores": [-1.0, 2.0, 0.5], "sources": ["dataset", "m", "dataset"]}
+        {
+            "prompt": f"\n\nHuman: q{i}?\n\nAssistant:",
+            "completions": [f" low{i}", f" high{i}", f" mid{i}"],
+            "scores": [-1.0, 2.0, 0.5],
+            "sources": ["dataset", "m", "dataset"],
+        }
         for i in range(8)
     ]
-    rows.append({"prompt": "\n\nHuman: tie?\n\nAssistant:", "completions": [" a", " b"], "scores": [1.0, 1.0],
-                 "sources": ["dataset", "dataset"]})
-    rows.append({"prompt": "\n\nHuman: bad?\n\nAssistant:", "completions": [" a", "  "], "scores": [1.0, 0.0],
-                 "sources": ["dataset", "dataset"]})
-    rows.append({"prompt": "\n\nHuman: q8?\n\nAssistant:", "completions": [" x", " y", " z"],
-                 "scores": [3.0, 1.0, 1.0], "sources": ["m", "m", "m"]})  # y and z tied: no adjacent pair y > z
+    rows.append(
+        {
+            "prompt": "\n\nHuman: tie?\n\nAssistant:",
+            "completions": [" a", " b"],
+            "scores": [1.0, 1.0],
+            "sources": ["dataset", "dataset"],
+        }
+    )
+    rows.append(
+        {
+            "prompt": "\n\nHuman: bad?\n\nAssistant:",
+            "completions": [" a", "  "],
+            "scores": [1.0, 0.0],
+            "sources": ["dataset", "dataset"],
+        }
+    )
+    rows.append(
+        {
+            "prompt": "\n\nHuman: q8?\n\nAssistant:",
+            "completions": [" x", " y", " z"],
+            "scores": [3.0, 1.0, 1.0],
+            "sources": ["m", "m", "m"],
+        }
+    )  # y and z tied: no adjacent pair y > z
     path = tmp_path / "ranked.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     dataset_splits = {}
     for pairs in ("best_vs_worst", "adjacent"):
         out = tmp_path / pairs
-        prepare_data.main(["--source", "ranked", "--dataset_name", str(path), "--output_dir", str(out),
-                           "--pairs", pairs, "--test_size", "0.3", "--seed", "0"])
+        prepare_data.main(
+            [
+                "--source",
+                "ranked",
+                "--dataset_name",
+                str(path),
+                "--output_dir",
+                str(out),
+                "--pairs",
+                pairs,
+                "--test_size",
+                "0.3",
+                "--seed",
+                "0",
+            ]
+        )
         dataset_splits[pairs] = {view: load_dataset(str(out / view)) for view in prepare_data.VIEWS}
     loaded = dataset_splits["best_vs_worst"]
     ranked = [row for split in ("train", "test") for row in loaded["ranked"][split]]
@@ -82,8 +128,9 @@ def test_views_derive_from_one_ranked_dataset(tmp_path):
     # adjacent pairs: 2 per ranking of 3, minus the tied pair
     adjacent = [p for split in ("train", "test") for p in dataset_splits["adjacent"]["pairs"][split]]
     assert len(adjacent) == 8 * 2 + 1
-    assert ("\n\nHuman: q3?\n\nAssistant:", " high3", " mid3") in {(p["prompt"], p["chosen"], p["rejected"])
-                                                                     for p in adjacent}
+    assert ("\n\nHuman: q3?\n\nAssistant:", " high3", " mid3") in {
+        (p["prompt"], p["chosen"], p["rejected"]) for p in adjacent
+    }
 
 
 def test_every_baseline_recipe_has_a_runner():
@@ -110,12 +157,29 @@ def test_baseline_recipe_trains_on_cpu(recipe, views, tiny_policy_dir, tiny_rewa
     assert (views / view).is_dir(), view
     # the recipe as written, made tiny: no 4-bit, fp32 on CPU, 2 steps of 2 rows (LoRA kept)
     overrides = {
-        "model_name_or_path": tiny_policy_dir, "dataset_name": views / view, "output_dir": tmp_path / "out",
-        "reward_model_name_or_path": tiny_reward_model_dir, "load_in_4bit": "false", "dtype": "float32",
-        "bf16": "false", "gradient_checkpointing": "false", "use_cpu": "true", "max_steps": 2,
-        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "eval_strategy": "no",
-        "save_strategy": "no", "logging_steps": 1, "learning_rate": 1e-3, "warmup_steps": 0, "max_length": 256,
-        "num_generations": 2, "max_completion_length": 8, "lora_r": 8, "lora_alpha": 16, "disable_tqdm": "true",
+        "model_name_or_path": tiny_policy_dir,
+        "dataset_name": views / view,
+        "output_dir": tmp_path / "out",
+        "reward_model_name_or_path": tiny_reward_model_dir,
+        "load_in_4bit": "false",
+        "dtype": "float32",
+        "bf16": "false",
+        "gradient_checkpointing": "false",
+        "use_cpu": "true",
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "max_length": 256,
+        "num_generations": 2,
+        "max_completion_length": 8,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "disable_tqdm": "true",
     }
     argv = ["--config", str(recipe)]
     for key, value in overrides.items():

@@ -74,9 +74,19 @@ def test_help_lists_every_flag_with_help(capsys):
         assert action.help and action.help.strip(), action.dest
         assert action.option_strings[0] in out, action.dest
     # our own flags and documentation
-    for text in ("--drop_invalid_rows", "--dataset_column_map", "--eval_before_training", "--sft_weight",
-                 "--load_in_4bit", "--lora_target_modules", "trl-pro/tiny-llama", "--accelerate_config",
-                 "zero3", "fsdp2", "env:"):
+    for text in (
+        "--drop_invalid_rows",
+        "--dataset_column_map",
+        "--eval_before_training",
+        "--sft_weight",
+        "--load_in_4bit",
+        "--lora_target_modules",
+        "trl-pro/tiny-llama",
+        "--accelerate_config",
+        "zero3",
+        "fsdp2",
+        "env:",
+    ):
         assert text in out, text
 
 
@@ -127,8 +137,18 @@ def test_unknown_yaml_key_is_named(tmp_path, capsys, launched):
 def test_runtime_error_is_one_line_with_nonzero_exit(tmp_path):
     """A bad value only the launched script can detect (the model path) fails with one line, exit status 1."""
     result = _run(
-        "trl-pro", "pro", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", str(HH_RLHF_DIR),
-        "--use_cpu", "true", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+        "trl-pro",
+        "pro",
+        "--model_name_or_path",
+        str(tmp_path / "no-model"),
+        "--dataset_name",
+        str(HH_RLHF_DIR),
+        "--use_cpu",
+        "true",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
     )
     assert result.returncode == 1, result.stderr[-2000:]
     lines = [line for line in _error_lines(result.stderr) if "error:" in line]
@@ -137,8 +157,18 @@ def test_runtime_error_is_one_line_with_nonzero_exit(tmp_path):
 
 
 def test_invalid_row_is_one_line_with_a_hint(tmp_path, capsys):
-    argv = ["--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", str(HH_RLHF_DIR), "--use_cpu", "true",
-            "--output_dir", str(tmp_path), "--report_to", "none"]
+    argv = [
+        "--model_name_or_path",
+        "trl-pro/tiny-llama",
+        "--dataset_name",
+        str(HH_RLHF_DIR),
+        "--use_cpu",
+        "true",
+        "--output_dir",
+        str(tmp_path),
+        "--report_to",
+        "none",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         training.train(*training.parse_args(make_parser(), argv))
     assert exit_info.value.code == 1
@@ -180,8 +210,22 @@ def test_yaml_values_flags_override_and_env(tmp_path, launched):
 
 def test_command_line_launch_flags_replace_the_yaml_ones(launched):
     recipe = REPO / "recipes" / "pro" / "hh_rlhf_llama7b_full_zero3.yaml"  # accelerate_config: zero3, num_processes: 7
-    assert cli.main(["pro", "--config", str(recipe), "--use_cpu", "true", "--accelerate_config", "fsdp2",
-                     "--num-processes", "8"]) == 0
+    assert (
+        cli.main(
+            [
+                "pro",
+                "--config",
+                str(recipe),
+                "--use_cpu",
+                "true",
+                "--accelerate_config",
+                "fsdp2",
+                "--num-processes",
+                "8",
+            ]
+        )
+        == 0
+    )
     launch_args = launched[0]["launch_args"]
     assert Path(_value(launch_args, "--config_file")).name == "fsdp2.yaml"
     assert _value(launch_args, "--num-processes") == "8" and "--num_processes" not in launch_args
@@ -277,7 +321,9 @@ def test_drop_invalid_rows_logs_the_count(caplog):
     train = load_named_dataset(str(HH_RLHF_DIR))["train"]
     args = PROConfig("out", use_cpu=True, drop_invalid_rows=True, report_to="none")
     with caplog.at_level("WARNING"):
-        trainer = PROTrainer(build_tiny_llama(), args=args, train_dataset=train, processing_class=load_tiny_tokenizer())
+        trainer = PROTrainer(
+            build_tiny_llama(), args=args, train_dataset=train, processing_class=load_tiny_tokenizer()
+        )
     assert len(trainer.train_dataset) == 1196  # 4 rows of the slice have an empty chosen response after the prompt
     assert "Dropped 4 of 1200 rows of the train dataset" in caplog.text and "Row 86, field 'chosen'" in caplog.text
     assert "invalid_reason" not in trainer.train_dataset.column_names
@@ -286,8 +332,9 @@ def test_drop_invalid_rows_logs_the_count(caplog):
 def test_column_map():
     renamed = _rename_columns(
         Dataset.from_dict({"p": ["x"], "responses": [["a", "b"]], "rm": [[1.0, 0.0]]}),
-        _column_map(PROScriptArguments(dataset_column_map='{"p": "prompt", "responses": "completions", '
-                                           '"rm": "scores"}')),
+        _column_map(
+            PROScriptArguments(dataset_column_map='{"p": "prompt", "responses": "completions", "rm": "scores"}')
+        ),
         "train",
     )
     assert renamed.column_names == ["prompt", "completions", "scores"]
@@ -325,9 +372,23 @@ def test_end_to_end_prints_before_after_and_saves(tmp_path):
     """The plain-script form on the embedded data: trains, evaluates before and after, saves a loadable model."""
     out = tmp_path / "run"
     result = _run(
-        sys.executable, "-m", "trl_pro.scripts.pro", "--config", str(QUICKSTART),
-        "--max_steps", "8", "--max_length", "128", "--max_prompt_length", "96", "--per_device_eval_batch_size", "32",
-        "--disable_tqdm", "true", "--output_dir", str(out),
+        sys.executable,
+        "-m",
+        "trl_pro.scripts.pro",
+        "--config",
+        str(QUICKSTART),
+        "--max_steps",
+        "8",
+        "--max_length",
+        "128",
+        "--max_prompt_length",
+        "96",
+        "--per_device_eval_batch_size",
+        "32",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dropped 4 of 1200 rows of the train dataset" in result.stdout + result.stderr

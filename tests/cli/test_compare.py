@@ -18,20 +18,33 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def ppo_python():
     """The PPO environment (created by tools/install.sh ppo, or reused: the script is idempotent)."""
-    result = subprocess.run(["bash", str(ROOT / "tools" / "install.sh"), "ppo"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=1200)
+    result = subprocess.run(
+        ["bash", str(ROOT / "tools" / "install.sh"), "ppo"], cwd=ROOT, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return ROOT / os.environ.get("PPO_VENV", ".venv-ppo") / "bin" / "python"
 
 
 def _args(tmp_path, ranked, reward, ppo_python, **changes):
     args = compare.CompareArguments(
-        dataset_name=str(ranked), model_name_or_path="trl-pro/tiny-llama", reward_model_name_or_path=str(reward),
-        output_dir=str(tmp_path / "compare"), test_size=0.25, max_steps=2, learning_rate=1e-3,
-        per_device_train_batch_size=2, gradient_accumulation_steps=1, max_length=128, max_prompt_length=64,
-        use_cpu=True, ppo_python=str(ppo_python),
-        overrides={"all": {"gradient_checkpointing": False, "disable_tqdm": True, "dtype": "float32"},
-                   "rloo": {"num_generations": 2}, "ppo": {"num_ppo_epochs": 1}},
+        dataset_name=str(ranked),
+        model_name_or_path="trl-pro/tiny-llama",
+        reward_model_name_or_path=str(reward),
+        output_dir=str(tmp_path / "compare"),
+        test_size=0.25,
+        max_steps=2,
+        learning_rate=1e-3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_length=128,
+        max_prompt_length=64,
+        use_cpu=True,
+        ppo_python=str(ppo_python),
+        overrides={
+            "all": {"gradient_checkpointing": False, "disable_tqdm": True, "dtype": "float32"},
+            "rloo": {"num_generations": 2},
+            "ppo": {"num_ppo_epochs": 1},
+        },
     )
     for key, value in changes.items():
         setattr(args, key, value)
@@ -85,8 +98,15 @@ def test_compare_trains_every_method_on_one_dataset(tmp_path, tiny_reward_model_
     assert compare.main(args) == 0
     again = json.loads((out / compare.MANIFEST).read_text())
     assert [run["status"] for run in again["runs"] if run["name"] in expected] == ["kept"] * len(expected)
-    fresh = _args(tmp_path, ranked, tiny_reward_model_dir, ppo_python, output_dir=str(tmp_path / "no_reward"),
-                  reward_model_name_or_path=None, methods=["rloo", "ppo"])
+    fresh = _args(
+        tmp_path,
+        ranked,
+        tiny_reward_model_dir,
+        ppo_python,
+        output_dir=str(tmp_path / "no_reward"),
+        reward_model_name_or_path=None,
+        methods=["rloo", "ppo"],
+    )
     assert compare.main(fresh) == 0
     statuses = [run["status"] for run in json.loads((tmp_path / "no_reward" / compare.MANIFEST).read_text())["runs"]]
     assert statuses == ["kept", "skipped: no --reward_model_name_or_path", "skipped: no --reward_model_name_or_path"]

@@ -12,9 +12,18 @@ from trl_pro.scripts import compare
 
 def _args(tmp_path, ranked, **changes):
     args = compare.CompareArguments(
-        dataset_name=str(ranked), model_name_or_path="trl-pro/tiny-llama", output_dir=str(tmp_path / "compare"),
-        methods=["pro"], test_size=0.25, max_steps=1, learning_rate=1e-3, per_device_train_batch_size=2,
-        gradient_accumulation_steps=1, max_length=64, max_prompt_length=32, use_cpu=True,
+        dataset_name=str(ranked),
+        model_name_or_path="trl-pro/tiny-llama",
+        output_dir=str(tmp_path / "compare"),
+        methods=["pro"],
+        test_size=0.25,
+        max_steps=1,
+        learning_rate=1e-3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_length=64,
+        max_prompt_length=32,
+        use_cpu=True,
         overrides={"all": {"gradient_checkpointing": False, "disable_tqdm": True, "dtype": "float32"}},
     )
     for key, value in changes.items():
@@ -75,8 +84,11 @@ def test_a_run_of_some_methods_merges_into_the_manifest(tmp_path, capsys):
     after = {system["name"]: system for system in manifest["systems"]}
     assert set(after) == {"base", "pro", "best_of_n"}
     assert after["best_of_n"] == before["best_of_n"] and after["pro"]["key"] != before["pro"]["key"]
-    assert {run["name"]: run["status"] for run in manifest["runs"]} == {"base": "kept", "pro": "trained",
-                                                                        "best_of_n": "trained"}
+    assert {run["name"]: run["status"] for run in manifest["runs"]} == {
+        "base": "kept",
+        "pro": "trained",
+        "best_of_n": "trained",
+    }
     assert "dataset_name" not in manifest and "rows" not in manifest
     assert manifest["base_model"] == after["pro"]["base_model"] == after["best_of_n"]["base_model"]
     assert "\nbest_of_n  listed" in capsys.readouterr().out  # the table

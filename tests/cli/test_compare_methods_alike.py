@@ -24,8 +24,9 @@ SCRIPT = ROOT / "trl_pro" / "scripts" / "ppo.py"
 @pytest.fixture(scope="module")
 def ppo_python():
     """The PPO environment (created by tools/install.sh ppo, or reused: the script is idempotent)."""
-    result = subprocess.run(["bash", str(ROOT / "tools" / "install.sh"), "ppo"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=1200)
+    result = subprocess.run(
+        ["bash", str(ROOT / "tools" / "install.sh"), "ppo"], cwd=ROOT, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return ROOT / os.environ.get("PPO_VENV", ".venv-ppo") / "bin" / "python"
 
@@ -38,33 +39,72 @@ def _env():
 
 def _compare_args(tmp_path, ranked, reward, ppo_python, **changes):
     return compare.CompareArguments(
-        dataset_name=str(ranked), model_name_or_path="trl-pro/tiny-llama", reward_model_name_or_path=str(reward),
-        output_dir=str(tmp_path / "compare"), test_size=0.25, max_steps=1, learning_rate=1e-3,
-        per_device_train_batch_size=2, gradient_accumulation_steps=1, max_length=64, max_prompt_length=32,
-        use_cpu=True, ppo_python=str(ppo_python),
+        dataset_name=str(ranked),
+        model_name_or_path="trl-pro/tiny-llama",
+        reward_model_name_or_path=str(reward),
+        output_dir=str(tmp_path / "compare"),
+        test_size=0.25,
+        max_steps=1,
+        learning_rate=1e-3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_length=64,
+        max_prompt_length=32,
+        use_cpu=True,
+        ppo_python=str(ppo_python),
         overrides={"all": {"gradient_checkpointing": False, "disable_tqdm": True, "dtype": "float32"}},
         **changes,
     )
 
 
-def test_ppo_refuses_fewer_prompts_than_one_rollout_batch(ppo_python, tiny_policy_dir, tiny_reward_model_dir,
-                                                          tmp_path):
+def test_ppo_refuses_fewer_prompts_than_one_rollout_batch(
+    ppo_python, tiny_policy_dir, tiny_reward_model_dir, tmp_path
+):
     from trl_pro.scripts import prepare_data
 
     ranked = write_ranked_file(tmp_path / "ranked.jsonl", num_rows=4)
-    prepare_data.main(["--source", "ranked", "--dataset_name", str(ranked), "--output_dir", str(tmp_path / "views"),
-                       "--test_size", "0.25"])
+    prepare_data.main(
+        [
+            "--source",
+            "ranked",
+            "--dataset_name",
+            str(ranked),
+            "--output_dir",
+            str(tmp_path / "views"),
+            "--test_size",
+            "0.25",
+        ]
+    )
     flags = [
-        "--model_name_or_path", str(tiny_policy_dir), "--reward_model_path", str(tiny_reward_model_dir),
-        "--dataset_name", str(tmp_path / "views" / "prompts"), "--output_dir", str(tmp_path / "out"),
-        "--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--response_length", "8",
+        "--model_name_or_path",
+        str(tiny_policy_dir),
+        "--reward_model_path",
+        str(tiny_reward_model_dir),
+        "--dataset_name",
+        str(tmp_path / "views" / "prompts"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--dtype",
+        "float32",
+        "--bf16",
+        "false",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--response_length",
+        "8",
         # 3 train prompts, a rollout batch of 2 x 2 = 4
-        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
     ]
     start = time.perf_counter()
     # the time-out guards against the hang this checks for (the script's imports alone take a few seconds)
-    result = subprocess.run([str(ppo_python), str(SCRIPT), *flags], cwd=ROOT, env=_env(), capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(ppo_python), str(SCRIPT), *flags], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("trl_pro/scripts/ppo.py: error: 3 train prompts"), lines[-1]
@@ -77,8 +117,14 @@ def test_ppo_refuses_fewer_prompts_than_one_rollout_batch(ppo_python, tiny_polic
 def test_a_ppo_run_past_method_timeout_is_reported_and_the_others_train(ppo_python, tmp_path, capsys):
     """PPO runs first here and cannot finish in 2 s (its imports take longer); best-of-n trains after it."""
     ranked = write_ranked_file(tmp_path / "ranked.jsonl", num_rows=8)
-    args = _compare_args(tmp_path, ranked, tmp_path / "no_reward_model_needed", ppo_python,
-                         methods=["ppo", "best_of_n"], method_timeout=2)
+    args = _compare_args(
+        tmp_path,
+        ranked,
+        tmp_path / "no_reward_model_needed",
+        ppo_python,
+        methods=["ppo", "best_of_n"],
+        method_timeout=2,
+    )
     start = time.perf_counter()
     assert compare.main(args) == 1  # a method that did not finish fails the command
     printed = capsys.readouterr().out
@@ -125,8 +171,9 @@ def test_method_timeout_kills_the_whole_ppo_process_tree(tmp_path):
 def test_method_timeout_is_a_flag_with_no_limit_by_default():
     (args,) = compare.make_parser().parse_args_and_config(["--dataset_name", "d", "--model_name_or_path", "m"])
     assert args.method_timeout is None
-    (args,) = compare.make_parser().parse_args_and_config(["--dataset_name", "d", "--model_name_or_path", "m",
-                                                           "--method_timeout", "3600"])
+    (args,) = compare.make_parser().parse_args_and_config(
+        ["--dataset_name", "d", "--model_name_or_path", "m", "--method_timeout", "3600"]
+    )
     assert args.method_timeout == 3600
 
 
@@ -144,8 +191,7 @@ def test_every_method_gets_the_same_eval_before_training(tmp_path):
         if "--eval_before_training" not in known:
             continue
         parsed = parser.parse_args_and_config(compare._argv(flags, known))
-        settings[name] = next(group.eval_before_training for group in parsed
-                              if hasattr(group, "eval_before_training"))
+        settings[name] = next(group.eval_before_training for group in parsed if hasattr(group, "eval_before_training"))
     assert {"pro", "rrhf"} <= set(settings)
     assert len(set(settings.values())) == 1, settings
     # none evaluates before training: the other methods have no such evaluation (trl-pro eval compares them all)

@@ -27,14 +27,23 @@ def _interrupt(command: list[str], started, tmp_path: Path, env: dict | None = N
     (exit status, stderr)."""
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=stderr, env={**os.environ, **(env or {})}, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not started():
             if process.poll() is not None:
-                pytest.fail(f"`{' '.join(command)}` ended (status {process.returncode}) before it was interrupted:\n"
-                            f"{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"`{' '.join(command)}` ended (status {process.returncode}) before it was interrupted:\n"
+                    f"{log.read_text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"`{' '.join(command)}` did no work in {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
@@ -51,9 +60,24 @@ def _interrupt(command: list[str], started, tmp_path: Path, env: dict | None = N
 def _generate(tmp_path: Path) -> tuple[list[str], Path]:
     output = tmp_path / "out.jsonl"
     # 150 shards of 8 rows, about a second each here: Ctrl-C comes long before the end
-    command = ["trl-pro", "generate", "--dataset_name", str(HH_TRAIN), "--model_name_or_path", "trl-pro/tiny-llama",
-               "--num_generations", "2", "--max_completion_length", "16", "--shard_size", "8",
-               "--drop_invalid_rows", "true", "--output_path", str(output)]
+    command = [
+        "trl-pro",
+        "generate",
+        "--dataset_name",
+        str(HH_TRAIN),
+        "--model_name_or_path",
+        "trl-pro/tiny-llama",
+        "--num_generations",
+        "2",
+        "--max_completion_length",
+        "16",
+        "--shard_size",
+        "8",
+        "--drop_invalid_rows",
+        "true",
+        "--output_path",
+        str(output),
+    ]
     return command, Path(f"{output}.parts")
 
 
@@ -66,16 +90,30 @@ def test_ctrl_c_prints_one_line_and_keeps_the_finished_shards(tmp_path):
     status, stderr = _interrupt(command, lambda: bool(_finished_shards(parts)), tmp_path)
     assert status == INTERRUPTED_STATUS, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    assert stderr.splitlines()[-1] == (f"trl-pro generate: interrupted; finished shards in {parts} are kept: re-run "
-                                       "the same command to resume"), stderr[-3000:]
+    assert stderr.splitlines()[-1] == (
+        f"trl-pro generate: interrupted; finished shards in {parts} are kept: re-run the same command to resume"
+    ), stderr[-3000:]
     assert _finished_shards(parts)  # what the message says is kept is there
 
 
 def test_ctrl_c_of_a_training_run_names_its_checkpoints(tmp_path):
     output_dir = tmp_path / "pro"
-    command = ["trl-pro", "pro", "--config", str(REPO / "recipes" / "quickstart.yaml"), "--output_dir",
-               str(output_dir), "--eval_before_training", "false", "--save_strategy", "steps", "--save_steps", "2",
-               "--disable_tqdm", "true"]
+    command = [
+        "trl-pro",
+        "pro",
+        "--config",
+        str(REPO / "recipes" / "quickstart.yaml"),
+        "--output_dir",
+        str(output_dir),
+        "--eval_before_training",
+        "false",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--disable_tqdm",
+        "true",
+    ]
 
     def checkpointed():
         from trl_pro.trainers.checkpointing import last_complete_checkpoint
@@ -85,8 +123,10 @@ def test_ctrl_c_of_a_training_run_names_its_checkpoints(tmp_path):
     status, stderr = _interrupt(command, checkpointed, tmp_path)
     assert status == INTERRUPTED_STATUS, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    assert stderr.splitlines()[-1] == (f"trl-pro pro: interrupted; checkpoints in {output_dir} are kept: re-run with "
-                                       "--resume_from_checkpoint true to resume"), stderr[-3000:]
+    assert stderr.splitlines()[-1] == (
+        f"trl-pro pro: interrupted; checkpoints in {output_dir} are kept: re-run with "
+        "--resume_from_checkpoint true to resume"
+    ), stderr[-3000:]
 
 
 def _alone(tmp_path: Path) -> tuple[list[str], Path]:
@@ -100,8 +140,9 @@ def test_a_script_run_alone_prints_the_line_itself(tmp_path):
     status, stderr = _interrupt(command, lambda: bool(_finished_shards(parts)), tmp_path)
     assert status != 0, stderr[-3000:]  # Python's own for a Ctrl-C that stops `python -m`: 1
     assert "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.splitlines()[-1] == (f"trl-pro generate: interrupted; finished shards in {parts} are kept: re-run "
-                                       "the same command to resume"), stderr[-3000:]
+    assert stderr.splitlines()[-1] == (
+        f"trl-pro generate: interrupted; finished shards in {parts} are kept: re-run the same command to resume"
+    ), stderr[-3000:]
 
 
 def test_trl_pro_debug_keeps_the_traceback(tmp_path):
@@ -113,9 +154,11 @@ def test_trl_pro_debug_keeps_the_traceback(tmp_path):
 
 def test_what_each_command_says_it_kept(tmp_path):
     assert interrupted_message("trl-pro eval", interrupted_note("eval", [SimpleNamespace(output_dir="out")])) == (
-        "trl-pro eval: interrupted; finished batches in out/cache are kept: re-run the same command to resume")
+        "trl-pro eval: interrupted; finished batches in out/cache are kept: re-run the same command to resume"
+    )
     assert interrupted_note("judge", [SimpleNamespace(output_dir="j")]) == (
-        "the judgments made in j/judgments.jsonl are kept: re-run the same command to resume")
+        "the judgments made in j/judgments.jsonl are kept: re-run the same command to resume"
+    )
     assert interrupted_note("rank", None) == "finished shards are kept: re-run the same command to resume"
     assert interrupted_note("no-such-command", None) is None
 
@@ -125,13 +168,16 @@ def test_what_each_command_says_it_kept(tmp_path):
         return PROConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], **kwargs)
 
     assert interrupted_note("pro", [config(save_strategy="no")]) == (
-        "no checkpoint was kept (save_strategy is no): re-run the same command to start over")
+        "no checkpoint was kept (save_strategy is no): re-run the same command to start over"
+    )
     assert interrupted_note("pro", [config(save_strategy="steps")]) == (
-        f"no checkpoint was saved yet in {tmp_path}: re-run the same command to start over")
+        f"no checkpoint was saved yet in {tmp_path}: re-run the same command to start over"
+    )
     # a checkpoint cut short by the interrupt (no completion marker) is no checkpoint to resume from
     (tmp_path / "checkpoint-4").mkdir()
     assert "no checkpoint was saved yet" in interrupted_note("pro", [config(save_strategy="steps")])
     # TRL's own trainers (coh, reward) take the checkpoint's path
     assert interrupted_note("coh", [config(save_strategy="steps")]) == (
         f"checkpoints in {tmp_path} are kept: re-run with --resume_from_checkpoint {tmp_path / 'checkpoint-4'} to "
-        "resume")
+        "resume"
+    )

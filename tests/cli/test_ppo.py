@@ -19,8 +19,9 @@ SCRIPT = ROOT / "trl_pro" / "scripts" / "ppo.py"
 @pytest.fixture(scope="session")
 def ppo_python():
     """The PPO environment's python (created once, then reused: install.sh is idempotent)."""
-    result = subprocess.run(["bash", str(ROOT / "tools" / "install.sh"), "ppo"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=1200)
+    result = subprocess.run(
+        ["bash", str(ROOT / "tools" / "install.sh"), "ppo"], cwd=ROOT, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     python = ROOT / os.environ.get("PPO_VENV", ".venv-ppo") / "bin" / "python"
     assert python.is_file()
@@ -33,8 +34,18 @@ def ppo_inputs(tmp_path_factory, tiny_policy_dir, tiny_reward_model_dir):
 
     folder = tmp_path_factory.mktemp("ppo")
     ranked = write_ranked_file(folder / "ranked.jsonl", num_rows=12)
-    prepare_data.main(["--source", "ranked", "--dataset_name", str(ranked), "--output_dir", str(folder / "views"),
-                       "--test_size", "0.25"])
+    prepare_data.main(
+        [
+            "--source",
+            "ranked",
+            "--dataset_name",
+            str(ranked),
+            "--output_dir",
+            str(folder / "views"),
+            "--test_size",
+            "0.25",
+        ]
+    )
     return {
         "policy": tiny_policy_dir,
         "reward": tiny_reward_model_dir,
@@ -51,17 +62,51 @@ def _env():
 
 def _tiny_flags(inputs, output_dir, reward=None):
     return [
-        "--config", str(RECIPE),
-        "--model_name_or_path", str(inputs["policy"]),
-        "--reward_model_path", str(reward or inputs["reward"]),
-        "--dataset_name", str(inputs["prompts"]),
-        "--output_dir", str(output_dir),
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(inputs["policy"]),
+        "--reward_model_path",
+        str(reward or inputs["reward"]),
+        "--dataset_name",
+        str(inputs["prompts"]),
+        "--output_dir",
+        str(output_dir),
         # tiny CPU run: fp32 without 4-bit, 2 PPO steps of 2 prompts, 8 new tokens; LoRA kept from the recipe
-        "--load_in_4bit", "false", "--dtype", "float32", "--bf16", "false", "--gradient_checkpointing", "false",
-        "--use_cpu", "true", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-        "--total_episodes", "4", "--response_length", "8", "--num_ppo_epochs", "1",
-        "--local_rollout_forward_batch_size", "2", "--per_device_eval_batch_size", "2", "--logging_steps", "1",
-        "--save_strategy", "no", "--learning_rate", "1e-3", "--lora_r", "8", "--lora_alpha", "16",
+        "--load_in_4bit",
+        "false",
+        "--dtype",
+        "float32",
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--use_cpu",
+        "true",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--total_episodes",
+        "4",
+        "--response_length",
+        "8",
+        "--num_ppo_epochs",
+        "1",
+        "--local_rollout_forward_batch_size",
+        "2",
+        "--per_device_eval_batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--learning_rate",
+        "1e-3",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
     ]
 
 
@@ -69,10 +114,16 @@ def test_ppo_recipe_runs_two_steps_on_cpu(ppo_python, ppo_inputs):
     from safetensors.torch import load_file
 
     output_dir = ppo_inputs["folder"] / "out"
-    result = subprocess.run([str(ppo_python), str(SCRIPT), *_tiny_flags(ppo_inputs, output_dir)], cwd=ROOT,
-                            env=_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(ppo_python), str(SCRIPT), *_tiny_flags(ppo_inputs, output_dir)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert f"PPO: 2 steps, 4 episodes" in result.stdout
+    assert "PPO: 2 steps, 4 episodes" in result.stdout
     summary = json.loads((output_dir / "ppo_summary.json").read_text())
     assert summary["steps"] == 2 and summary["episodes"] == 4
     logged = [log for log in summary["log_history"] if "objective/scores" in log]
@@ -109,7 +160,8 @@ def test_ppo_refuses_a_reward_model_with_another_vocabulary(tiny_reward_model_di
 
 def test_ppo_script_says_which_environment_it_needs():
     """Run with trl-pro's own python (TRL 1.16, no PPOTrainer): one line pointing at the PPO environment."""
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=ROOT, env=_env(), capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2
     assert "tools/install.sh ppo" in result.stderr and "1.12.0" in result.stderr

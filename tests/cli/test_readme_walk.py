@@ -12,8 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # Each command's size, smaller than README's: same flags, so README cannot drift from what runs
-SMALLER = {"reward": ["--max_steps", "2"], "generate": ["--max_rows", "8"], "rank": [], "compare": ["--max_steps", "1"],
-           "eval": ["--max_samples", "4"], "judge": ["--max_samples", "2"]}
+SMALLER = {
+    "reward": ["--max_steps", "2"],
+    "generate": ["--max_rows", "8"],
+    "rank": [],
+    "compare": ["--max_steps", "1"],
+    "eval": ["--max_samples", "4"],
+    "judge": ["--max_samples", "2"],
+}
 
 
 def readme_walk() -> list[list[str]]:

@@ -127,8 +127,18 @@ def test_rrhf_recipe_parses(path):
     counterpart = RECIPES / ("quickstart.yaml" if path.name == "quickstart.yaml" else f"pro/{path.name}")
     (pro_script, pro_training, pro_model, _), _ = _parse(make_parser(), counterpart)
     assert script_args == pro_script and model_args == pro_model
-    for name in ("max_length", "max_prompt_length", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                 "gradient_accumulation_steps", "bf16", "gradient_checkpointing", "seed", "lr_scheduler_type"):
+    for name in (
+        "max_length",
+        "max_prompt_length",
+        "learning_rate",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "bf16",
+        "gradient_checkpointing",
+        "seed",
+        "lr_scheduler_type",
+    ):
         assert getattr(training_args, name) == getattr(pro_training, name), name
 
 
@@ -172,8 +182,10 @@ def test_prepare_data_hh_rlhf_views(tmp_path):
     views = {view: load_dataset(str(tmp_path / view)) for view in prepare_data.VIEWS}
     for view, dataset in views.items():
         per_ranking = 2 if view == "coh" else 1  # Chain of Hindsight: both orders of the feedback phrases
-        assert {split: len(rows) for split, rows in dataset.items()} == {"train": 1196 * per_ranking,
-                                                                        "test": 200 * per_ranking}, view
+        assert {split: len(rows) for split, rows in dataset.items()} == {
+            "train": 1196 * per_ranking,
+            "test": 200 * per_ranking,
+        }, view
     assert views["ranked"]["train"].column_names == ["prompt", "completions"]
     assert views["pairs"]["train"].column_names == ["prompt", "chosen", "rejected"]
     assert views["best_of_n"]["train"].column_names == ["prompt", "completion"]
@@ -195,23 +207,41 @@ def test_prepare_data_ultrafeedback_views(tmp_path):
     from trl_pro.scripts import prepare_data
 
     def record(response, score):
-        return {"model": "m", "response": response, "fine-grained_score": score, "overall_score": 5.0,
-                "annotations": {}, "critique": "", "custom_system_prompt": "", "principle": "helpfulness"}
+        return {
+            "model": "m",
+            "response": response,
+            "fine-grained_score": score,
+            "overall_score": 5.0,
+            "annotations": {},
+            "critique": "",
+            "custom_system_prompt": "",
+            "principle": "helpfulness",
+        }
 
     rows = [
-        {"source": "s", "instruction": f"Question {i}?", "models": [],
-         "completions": [record(f"ok {i}", 3.0), record(f"best {i}", 4.5), record(f"worst {i}", 1.0),
-                         record(f"bad score {i}", "N/A")]}
+        {
+            "source": "s",
+            "instruction": f"Question {i}?",
+            "models": [],
+            "completions": [
+                record(f"ok {i}", 3.0),
+                record(f"best {i}", 4.5),
+                record(f"worst {i}", 1.0),
+                record(f"bad score {i}", "N/A"),
+            ],
+        }
         for i in range(20)
     ]
     rows.append({"source": "s", "instruction": "one candidate", "models": [], "completions": [record("x", 2.0)]})
-    rows.append({"source": "s", "instruction": "tied", "models": [],
-                 "completions": [record("a", 2.0), record("b", 2.0)]})
+    rows.append(
+        {"source": "s", "instruction": "tied", "models": [], "completions": [record("a", 2.0), record("b", 2.0)]}
+    )
     path = tmp_path / "uf.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "views"
-    prepare_data.main(["--source", "ultrafeedback", "--dataset_name", str(path), "--output_dir", str(out),
-                       "--test_size", "0.25"])
+    prepare_data.main(
+        ["--source", "ultrafeedback", "--dataset_name", str(path), "--output_dir", str(out), "--test_size", "0.25"]
+    )
     ranked = load_dataset(str(out / "ranked"))
     assert len(ranked["train"]) + len(ranked["test"]) == 20 and len(ranked["test"]) > 0  # 2 rows dropped
     row = ranked["train"][0]

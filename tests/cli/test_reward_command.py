@@ -21,8 +21,18 @@ from trl_pro.scripts import reward
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "reward" / "tiny_reward_model.yaml"
 # A few steps of small batches on short pairs: the recipe's path end to end, in seconds
-FAST = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16",
-        "--disable_tqdm", "true", "--logging_steps", "1"]
+FAST = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "16",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "1",
+]
 
 
 def _raw_pairs(num_rows: int) -> list[dict]:
@@ -50,8 +60,18 @@ def test_recipe_trains_a_reward_model_that_rank_loads(tmp_path, capsys):
     # and `trl-pro rank` ranks raw pairs with it
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in _raw_pairs(6)))
     ranked = tmp_path / "ranked.jsonl"
-    rank_script.cli_main(["--dataset_name", str(tmp_path / "pairs.jsonl"), "--reward_model_name_or_path",
-                          str(output_dir), "--output_path", str(ranked), "--progress", "false"])
+    rank_script.cli_main(
+        [
+            "--dataset_name",
+            str(tmp_path / "pairs.jsonl"),
+            "--reward_model_name_or_path",
+            str(output_dir),
+            "--output_path",
+            str(ranked),
+            "--progress",
+            "false",
+        ]
+    )
     rows = [json.loads(line) for line in ranked.read_text().splitlines()]
     assert len(rows) == 6
     for row in rows:
@@ -61,10 +81,28 @@ def test_recipe_trains_a_reward_model_that_rank_loads(tmp_path, capsys):
 
 def test_lora_adapter_is_merged_into_a_model_rank_loads(tmp_path):
     output_dir = tmp_path / "rm"
-    trainer = reward.cli_main(["--config", str(RECIPE), "--output_dir", str(output_dir), *FAST,
-                               "--eval_after_training", "false", "--use_peft", "true", "--lora_r", "4",
-                               "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
-                               "--learning_rate", "0.05"])
+    trainer = reward.cli_main(
+        [
+            "--config",
+            str(RECIPE),
+            "--output_dir",
+            str(output_dir),
+            *FAST,
+            "--eval_after_training",
+            "false",
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+            "--learning_rate",
+            "0.05",
+        ]
+    )
     assert (output_dir / reward.ADAPTER_DIR / "adapter_config.json").is_file()
     assert not (output_dir / "adapter_config.json").exists()  # a plain model folder, loaded without PEFT
     adapter = json.loads((output_dir / reward.ADAPTER_DIR / "adapter_config.json").read_text())
@@ -74,8 +112,9 @@ def test_lora_adapter_is_merged_into_a_model_rank_loads(tmp_path):
     prompts, completions = list(pairs["prompt"]), list(pairs["chosen"])
     trainer.model.eval()
     expected = score_completions(trainer.model.cpu(), tokenizer, prompts, completions, progress=False)
-    assert score_completions(merged, tokenizer, prompts, completions, progress=False) == pytest.approx(expected,
-                                                                                                       abs=1e-4)
+    assert score_completions(merged, tokenizer, prompts, completions, progress=False) == pytest.approx(
+        expected, abs=1e-4
+    )
     base = reward.build_tiny_reward_model(42)
     assert score_completions(base, tokenizer, prompts, completions, progress=False) != pytest.approx(expected)
 
@@ -100,14 +139,20 @@ def test_a_scored_ranking_becomes_its_documented_pairs(pairs, expected):
     assert dataset.column_names == ["prompt", "chosen", "rejected"]
     assert [(row["chosen"], row["rejected"]) for row in dataset] == expected
     assert set(dataset["prompt"]) == {"Q?"}
-    assert (stats.rankings, stats.pairs, stats.pairs_left_out) == (1, len(expected), {"all": 1, "adjacent": 1,
-                                                                                      "best_vs_worst": 0}[pairs])
+    assert (stats.rankings, stats.pairs, stats.pairs_left_out) == (
+        1,
+        len(expected),
+        {"all": 1, "adjacent": 1, "best_vs_worst": 0}[pairs],
+    )
 
 
 def test_every_format_becomes_preference_rows():
     unscored = [{"prompt": "P", "completions": ["x", "y", "z"]}]  # the given order is the ranking
     assert [(r["chosen"], r["rejected"]) for r in reward.to_preference_dataset(unscored, "all")[0]] == [
-        ("x", "y"), ("x", "z"), ("y", "z")]
+        ("x", "y"),
+        ("x", "z"),
+        ("y", "z"),
+    ]
     # TRL pairs with an implicit prompt (raw HH-RLHF): the prompt ends at the last shared "Assistant:" marker
     raw = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}
     (row,) = reward.to_preference_dataset([raw])[0]
@@ -116,8 +161,14 @@ def test_every_format_becomes_preference_rows():
     scored = [{"prompt": "P", "chosen": "c", "rejected": "r", "score_chosen": 0.0, "score_rejected": 1.0}]
     assert reward.to_preference_dataset(scored)[0][0] == {"prompt": "P", "chosen": "r", "rejected": "c"}
     # the PRO authors' rows: one prefix per candidate, rewards
-    authors = [{"prefix": [["<|prompter|>Hi?", "<|assistant|>"]] * 2, "suffix": ["worse", "better"],
-                "reward": [0.1, 0.9], "sft_index": 0}]
+    authors = [
+        {
+            "prefix": [["<|prompter|>Hi?", "<|assistant|>"]] * 2,
+            "suffix": ["worse", "better"],
+            "reward": [0.1, 0.9],
+            "sft_index": 0,
+        }
+    ]
     (row,) = reward.to_preference_dataset(authors)[0]
     assert (row["chosen"], row["rejected"]) == (" better", " worse") and row["prompt"].startswith("\n\nHuman: Hi?")
 
@@ -168,8 +219,9 @@ def test_reward_recipes_parse(path):
 
 def test_every_flag_has_help():
     actions = [a for a in reward.make_parser()._actions if a.option_strings and a.dest != "help"]
-    assert {"pairs", "drop_invalid_rows", "eval_after_training", "merge_adapter", "max_length"} <= {a.dest for a in
-                                                                                                    actions}
+    assert {"pairs", "drop_invalid_rows", "eval_after_training", "merge_adapter", "max_length"} <= {
+        a.dest for a in actions
+    }
     for action in actions:
         assert action.help and action.help.strip(), action.dest
 
@@ -177,9 +229,21 @@ def test_every_flag_has_help():
 def test_trl_pro_reward_command_fails_in_one_line_through_the_launcher(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        ["trl-pro", "reward", "--config", str(RECIPE), "--model_name_or_path", str(tmp_path / "missing"),
-         "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        [
+            "trl-pro",
+            "reward",
+            "--config",
+            str(RECIPE),
+            "--model_name_or_path",
+            str(tmp_path / "missing"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
     assert result.returncode == 1, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -16,20 +16,32 @@ from trl_pro.data.coh import (
 
 
 RANKED = [
-    {"prompt": "\n\nHuman: Hi?\n\nAssistant:", "completions": [" Middle.", " Best answer.", " Worst."],
-     "scores": [0.5, 2.0, -1.0]},
-    {"prompt": "\n\nHuman: How are you?\n\nAssistant:", "completions": [" Fine, thanks.", " Go away.", " Meh."],
-     "scores": [1.0, -3.0, 0.0]},
+    {
+        "prompt": "\n\nHuman: Hi?\n\nAssistant:",
+        "completions": [" Middle.", " Best answer.", " Worst."],
+        "scores": [0.5, 2.0, -1.0],
+    },
+    {
+        "prompt": "\n\nHuman: How are you?\n\nAssistant:",
+        "completions": [" Fine, thanks.", " Go away.", " Meh."],
+        "scores": [1.0, -3.0, 0.0],
+    },
 ]
 
 
 def test_rows_pair_the_best_with_the_worst_in_both_orders():
     rows = coh_rows_from_ranking({"prompt": "P", "completions": [" a", " b", " c"]}, 0)
     assert rows == [
-        {"prompt": "P", "segments": [POSITIVE_PHRASE, " a", NEGATIVE_PHRASE, " c"],
-         "segment_is_answer": [False, True, False, True]},
-        {"prompt": "P", "segments": [NEGATIVE_PHRASE, " c", POSITIVE_PHRASE, " a"],
-         "segment_is_answer": [False, True, False, True]},
+        {
+            "prompt": "P",
+            "segments": [POSITIVE_PHRASE, " a", NEGATIVE_PHRASE, " c"],
+            "segment_is_answer": [False, True, False, True],
+        },
+        {
+            "prompt": "P",
+            "segments": [NEGATIVE_PHRASE, " c", POSITIVE_PHRASE, " a"],
+            "segment_is_answer": [False, True, False, True],
+        },
     ]
     assert coh_prompt("P") == "P A helpful answer:"
 
@@ -40,8 +52,9 @@ def test_scored_rankings_are_sorted_before_pairing():
     assert rows[0]["segments"] == [POSITIVE_PHRASE, " Best answer.", NEGATIVE_PHRASE, " Worst."]
     assert rows[3]["segments"] == [NEGATIVE_PHRASE, " Go away.", POSITIVE_PHRASE, " Fine, thanks."]
     # TRL pairs with an implicit prompt: chosen is better
-    pairs = coh_rows(Dataset.from_list([{"chosen": "\n\nHuman: x\n\nAssistant: yes", "rejected":
-                                         "\n\nHuman: x\n\nAssistant: no"}]))
+    pairs = coh_rows(
+        Dataset.from_list([{"chosen": "\n\nHuman: x\n\nAssistant: yes", "rejected": "\n\nHuman: x\n\nAssistant: no"}])
+    )
     assert pairs[0]["prompt"] == "\n\nHuman: x\n\nAssistant:"
     assert pairs[0]["segments"] == [POSITIVE_PHRASE, " yes", NEGATIVE_PHRASE, " no"]
 
@@ -50,9 +63,15 @@ def test_scored_rankings_are_sorted_before_pairing():
     "rows, match",
     [
         ([RANKED[0], {**RANKED[1], "completions": [" a", " b", "  "]}], r"Row 1, field 'completions\[2\]'"),
-        ([{"prompt": [{"role": "user", "content": "hi"}], "completions": [
-            [{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]]}],
-         "Row 0, field 'prompt'"),
+        (
+            [
+                {
+                    "prompt": [{"role": "user", "content": "hi"}],
+                    "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]],
+                }
+            ],
+            "Row 0, field 'prompt'",
+        ),
         ([{"prompt": "p", "completions": [" a"]}], "Row 0, field 'completions'"),
     ],
 )
@@ -90,9 +109,19 @@ def test_sft_trainer_puts_no_loss_on_prompt_and_feedback_phrases(tokenizer, tmp_
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(
-            output_dir=str(tmp_path), completion_only_loss=True, max_steps=2, per_device_train_batch_size=4,
-            learning_rate=1e-3, bf16=False, use_cpu=True, gradient_checkpointing=False, save_strategy="no",
-            report_to=[], disable_tqdm=True, max_length=128, logging_steps=1,
+            output_dir=str(tmp_path),
+            completion_only_loss=True,
+            max_steps=2,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            bf16=False,
+            use_cpu=True,
+            gradient_checkpointing=False,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            max_length=128,
+            logging_steps=1,
         ),
         train_dataset=data,
         processing_class=tokenizer,

@@ -71,8 +71,9 @@ def _prompts_file(folder: Path) -> Path:
 
 def _load_ppo_prompts(script, data: Path, tokenizer) -> list[list[int]]:
     """The train split's `input_ids` as ppo.py builds them for PPOTrainer."""
-    script_args = SimpleNamespace(dataset_name=str(data), dataset_config=None, dataset_train_split="train",
-                                  dataset_test_split="test")
+    script_args = SimpleNamespace(
+        dataset_name=str(data), dataset_config=None, dataset_train_split="train", dataset_test_split="test"
+    )
     train, _ = script._load_prompts(script_args, SimpleNamespace(dataset_num_proc=None), tokenizer)
     return [list(ids) for ids in train["input_ids"]]
 
@@ -100,14 +101,16 @@ def test_ppo_prompts_keep_bos_in_the_ppo_environment(bos_tokenizer, tmp_path):
         pytest.skip(f"no PPO environment at {python} (bash tools/install.sh ppo)")
     bos_tokenizer.save_pretrained(tmp_path / "tokenizer")
     data = _prompts_file(tmp_path)
-    code = ("import importlib.util, json; from types import SimpleNamespace; from transformers import AutoTokenizer; "
-            f"spec = importlib.util.spec_from_file_location('ppo_script', {str(PPO_SCRIPT)!r}); "
-            "script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script); "
-            f"tokenizer = AutoTokenizer.from_pretrained({str(tmp_path / 'tokenizer')!r}); "
-            f"args = SimpleNamespace(dataset_name={str(data)!r}, dataset_config=None, dataset_train_split='train', "
-            "dataset_test_split='test'); "
-            "train, _ = script._load_prompts(args, SimpleNamespace(dataset_num_proc=None), tokenizer); "
-            "print(json.dumps([list(ids) for ids in train['input_ids']]))")
+    code = (
+        "import importlib.util, json; from types import SimpleNamespace; from transformers import AutoTokenizer; "
+        f"spec = importlib.util.spec_from_file_location('ppo_script', {str(PPO_SCRIPT)!r}); "
+        "script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script); "
+        f"tokenizer = AutoTokenizer.from_pretrained({str(tmp_path / 'tokenizer')!r}); "
+        f"args = SimpleNamespace(dataset_name={str(data)!r}, dataset_config=None, dataset_train_split='train', "
+        "dataset_test_split='test'); "
+        "train, _ = script._load_prompts(args, SimpleNamespace(dataset_num_proc=None), tokenizer); "
+        "print(json.dumps([list(ids) for ids in train['input_ids']]))"
+    )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # nothing from trl-pro's TRL 1.16
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "cache"))
     result = subprocess.run([str(python), "-c", code], env=env, capture_output=True, text=True, timeout=300)

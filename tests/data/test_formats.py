@@ -13,24 +13,32 @@ GOOD = {"prompt": "The sky is", "completions": [" blue", " green", " red"], "sco
 
 
 def build(rows, tokenizer, tiny_model, make_config, **config):
-    return PROTrainer(tiny_model, args=make_config(**config), train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer)
+    return PROTrainer(
+        tiny_model, args=make_config(**config), train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
 
 
 BAD_RANKED_ROWS = [
-        ({"prompt": "x", "completions": " only one", "scores": [1.0, 0.0]}, "completions", "expected a list"),
-        ({"prompt": "x", "completions": [" only one"], "scores": [1.0]}, "completions", "at least 2"),
-        ({"prompt": "x", "completions": [" a", " b"], "scores": [1.0]}, "scores", "1 scores for 2"),
-        ({"prompt": "x", "completions": [" a", " b"], "scores": [1.0, math.nan]}, "scores[1]", "finite"),
-        ({"prompt": "x", "completions": [" a", " b"], "scores": [math.inf, 0.0]}, "scores[0]", "finite"),
-        ({"prompt": "x", "completions": [" a", "  "], "scores": [1.0, 0.0]}, "completions[1]", "empty completion"),
-        ({"prompt": "x", "completions": [" a", 7], "scores": [1.0, 0.0]}, "completions[1]", "expected a string"),
-        ({"prompt": 3, "completions": [" a", " b"], "scores": [1.0, 0.0]}, "prompt", "expected a string"),
-        ({"prompt": "x", "completions": [" a", " b"], "scores": None}, "scores", "some rows"),
-        ({"prompt": "x", "completions": [" a", " b"], "scores": [1.0, 0.0], "sft_index": 5}, "sft_index", "index"),
+    ({"prompt": "x", "completions": " only one", "scores": [1.0, 0.0]}, "completions", "expected a list"),
+    ({"prompt": "x", "completions": [" only one"], "scores": [1.0]}, "completions", "at least 2"),
+    ({"prompt": "x", "completions": [" a", " b"], "scores": [1.0]}, "scores", "1 scores for 2"),
+    ({"prompt": "x", "completions": [" a", " b"], "scores": [1.0, math.nan]}, "scores[1]", "finite"),
+    ({"prompt": "x", "completions": [" a", " b"], "scores": [math.inf, 0.0]}, "scores[0]", "finite"),
+    ({"prompt": "x", "completions": [" a", "  "], "scores": [1.0, 0.0]}, "completions[1]", "empty completion"),
+    ({"prompt": "x", "completions": [" a", 7], "scores": [1.0, 0.0]}, "completions[1]", "expected a string"),
+    ({"prompt": 3, "completions": [" a", " b"], "scores": [1.0, 0.0]}, "prompt", "expected a string"),
+    ({"prompt": "x", "completions": [" a", " b"], "scores": None}, "scores", "some rows"),
+    ({"prompt": "x", "completions": [" a", " b"], "scores": [1.0, 0.0], "sft_index": 5}, "sft_index", "index"),
 ]
-ARROW_REPRESENTABLE = {"completions[1]-empty completion", "scores-1 scores for 2", "scores[1]-finite",
-                       "scores[0]-finite", "scores-some rows", "sft_index-index", "completions-at least 2"}
+ARROW_REPRESENTABLE = {
+    "completions[1]-empty completion",
+    "scores-1 scores for 2",
+    "scores[1]-finite",
+    "scores[0]-finite",
+    "scores-some rows",
+    "sft_index-index",
+    "completions-at least 2",
+}
 
 
 @pytest.mark.parametrize("bad_row,field,reason", BAD_RANKED_ROWS)
@@ -63,8 +71,12 @@ def test_missing_fields(tokenizer, tiny_model, make_config):
     with pytest.raises(ValueError, match="Unrecognized dataset columns"):
         build([{"prompt": "x", "answers": [" a", " b"]}], tokenizer, tiny_model, make_config)
     with pytest.raises(ValueError, match=r"Row 1, field 'rejected': missing"):
-        build([{"chosen": "a b", "rejected": "a c"}, {"chosen": "a b", "rejected": None}],
-              tokenizer, tiny_model, make_config)
+        build(
+            [{"chosen": "a b", "rejected": "a c"}, {"chosen": "a b", "rejected": None}],
+            tokenizer,
+            tiny_model,
+            make_config,
+        )
 
 
 def test_bad_pairwise_rows(tokenizer, tiny_model, make_config):
@@ -80,8 +92,14 @@ def test_bad_pairwise_rows(tokenizer, tiny_model, make_config):
 
 
 def test_bad_authors_rows(tokenizer, tiny_model, make_config):
-    rows = [{"prefix": [["<|prompter|>Hi<|assistant|>"], ["<|prompter|>Other<|assistant|>"]],
-             "suffix": ["Hello", "Go away"], "reward": [1.0, 0.0], "sft_index": 0}]
+    rows = [
+        {
+            "prefix": [["<|prompter|>Hi<|assistant|>"], ["<|prompter|>Other<|assistant|>"]],
+            "suffix": ["Hello", "Go away"],
+            "reward": [1.0, 0.0],
+            "sft_index": 0,
+        }
+    ]
     with pytest.raises(ValueError, match=r"Row 0, field 'prefix'.*share one prompt"):
         build(rows, tokenizer, tiny_model, make_config)
 
@@ -107,8 +125,7 @@ def test_completions_truncated_from_the_right_with_eos(tokenizer, tiny_model, ma
 
 
 def test_scores_sort_candidates_stably_and_max_completions(tokenizer, tiny_model, make_config):
-    rows = [{"prompt": "P", "completions": [" c", " a", " b", " d"], "scores": [1.0, 3.0, 1.0, 0.0],
-             "sft_index": 2}]
+    rows = [{"prompt": "P", "completions": [" c", " a", " b", " d"], "scores": [1.0, 3.0, 1.0, 0.0], "sft_index": 2}]
     trainer = build(rows, tokenizer, tiny_model, make_config, max_completions=3)
     row = trainer.train_dataset[0]
     decoded = [tokenizer.decode(ids[:-1]) for ids in row["completion_ids"]]
@@ -118,6 +135,7 @@ def test_scores_sort_candidates_stably_and_max_completions(tokenizer, tiny_model
 
 
 # Raw HH-RLHF prompts end at the turn marker -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def hh_test_rows():
@@ -142,7 +160,9 @@ def test_hh_rlhf_prompt_ends_at_the_last_assistant_marker(hh_test_rows):
             assert chosen.startswith(" ") and rejected.startswith(" ")  # the shared word stays in the response
         # `prepare_data --source hh-rlhf` splits the raw rows the same way
         assert _hh_ranking(row, index)["prompt"] == prompt and _hh_ranking(row, index)["completions"] == [
-            chosen, rejected]
+            chosen,
+            rejected,
+        ]
     assert shared_first_word >= 10  # the slice has such rows ("...Assistant: I" + "'m afraid" before the fix)
 
 
@@ -153,7 +173,12 @@ def test_other_implicit_prompts_keep_trls_common_prefix():
     assert text["prompt"] == "The sky is" and text["completions"] == [" blue.", " green."]
     user = {"role": "user", "content": "Sky?"}
     messages = to_ranking(
-        {"chosen": [user, {"role": "assistant", "content": "Blue."}],
-         "rejected": [user, {"role": "assistant", "content": "Green."}]}, 0, PAIRWISE, False,
+        {
+            "chosen": [user, {"role": "assistant", "content": "Blue."}],
+            "rejected": [user, {"role": "assistant", "content": "Green."}],
+        },
+        0,
+        PAIRWISE,
+        False,
     )
     assert messages["prompt"] == [user] and messages["completions"][1] == [{"role": "assistant", "content": "Green."}]

@@ -36,12 +36,41 @@ STATS = Counter()
 ROW_ERROR = re.compile(r"^Row (\d+), field '([^']+)': ")
 
 WORDS = ["hello", "the cat sat", "why?", "ok.", "Assistant: no", "\n\nHuman: hi", "3", "0.5"]
-UNICODE_EDGES = ["\u200b", "\ufeff", "e\u0301", "\u202ertl", "🙂", "👩\u200d👩\u200d👧", "\x00", "\r\n", "\t", "中文",
-                 "\U0010ffff", "\ud800", "\udfff"]
+UNICODE_EDGES = [
+    "\u200b",
+    "\ufeff",
+    "e\u0301",
+    "\u202ertl",
+    "🙂",
+    "👩\u200d👩\u200d👧",
+    "\x00",
+    "\r\n",
+    "\t",
+    "中文",
+    "\U0010ffff",
+    "\ud800",
+    "\udfff",
+]
 FORMATS = ["ranked", "ranked_conv", "pairwise", "pairwise_conv", "implicit", "implicit_conv", "authors", "authors_hh"]
-CORRUPTIONS = ["none", "none", "none", "wrong_type", "none_in_list", "number_as_string", "nonfinite", "empty_text",
-               "whitespace_text", "unicode", "long_prompt", "ranking_of_1", "duplicate", "scores_wrong_length",
-               "toggle_scores", "bad_sft_index", "bad_message"]
+CORRUPTIONS = [
+    "none",
+    "none",
+    "none",
+    "wrong_type",
+    "none_in_list",
+    "number_as_string",
+    "nonfinite",
+    "empty_text",
+    "whitespace_text",
+    "unicode",
+    "long_prompt",
+    "ranking_of_1",
+    "duplicate",
+    "scores_wrong_length",
+    "toggle_scores",
+    "bad_sft_index",
+    "bad_message",
+]
 WRONG_VALUES = [5, 1.5, True, None, {"a": 1}, ["x"], [], "", b"bytes"]
 
 text = st.lists(st.sampled_from(WORDS), min_size=1, max_size=4).map(" ".join)
@@ -60,24 +89,37 @@ def valid_row(draw, fmt: str, scored: bool) -> dict:
     if fmt == "ranked":
         row = {"prompt": prompt, "completions": completions, "scores": scores if scored else None}
     elif fmt == "ranked_conv":
-        row = {"prompt": _messages("user", prompt), "completions": [_messages("assistant", c) for c in completions],
-               "scores": scores if scored else None}
+        row = {
+            "prompt": _messages("user", prompt),
+            "completions": [_messages("assistant", c) for c in completions],
+            "scores": scores if scored else None,
+        }
     elif fmt == "pairwise":
         row = {"prompt": prompt, "chosen": completions[0], "rejected": completions[1]}
     elif fmt == "pairwise_conv":
-        row = {"prompt": _messages("user", prompt), "chosen": _messages("assistant", completions[0]),
-               "rejected": _messages("assistant", completions[1])}
+        row = {
+            "prompt": _messages("user", prompt),
+            "chosen": _messages("assistant", completions[0]),
+            "rejected": _messages("assistant", completions[1]),
+        }
     elif fmt == "implicit":
-        row = {"chosen": f"\n\nHuman: {prompt}\n\nAssistant: {completions[0]}",
-               "rejected": f"\n\nHuman: {prompt}\n\nAssistant: {completions[1]}"}
+        row = {
+            "chosen": f"\n\nHuman: {prompt}\n\nAssistant: {completions[0]}",
+            "rejected": f"\n\nHuman: {prompt}\n\nAssistant: {completions[1]}",
+        }
     elif fmt == "implicit_conv":
-        row = {"chosen": _messages("user", prompt) + _messages("assistant", completions[0]),
-               "rejected": _messages("user", prompt) + _messages("assistant", completions[1])}
+        row = {
+            "chosen": _messages("user", prompt) + _messages("assistant", completions[0]),
+            "rejected": _messages("user", prompt) + _messages("assistant", completions[1]),
+        }
     else:  # the authors' format: one prefix per candidate, a plain string or a list of marked turns (HH)
         prefix = [f"<|prompter|>{prompt}", "<|assistant|>"] if fmt == "authors_hh" else prompt
-        row = {"prefix": [list(prefix) if isinstance(prefix, list) else prefix for _ in range(n)],
-               "suffix": completions, "reward": scores if scored else None,
-               "sft_index": draw(st.integers(0, n - 1))}
+        row = {
+            "prefix": [list(prefix) if isinstance(prefix, list) else prefix for _ in range(n)],
+            "suffix": completions,
+            "reward": scores if scored else None,
+            "sft_index": draw(st.integers(0, n - 1)),
+        }
     if fmt.startswith(("pairwise", "implicit")) and scored:
         row.update(score_chosen=scores[0], score_rejected=scores[1])
     return row
@@ -118,9 +160,12 @@ def corrupted(draw, row: dict, fmt: str) -> tuple[dict, str]:
         elif row.get(score_field) is not None:
             row[score_field] = value
     elif corruption in ("empty_text", "whitespace_text", "unicode", "long_prompt"):
-        new = {"empty_text": "", "whitespace_text": draw(st.sampled_from([" ", "\n\n", "\t \u3000"])),
-               "unicode": draw(st.lists(st.sampled_from(UNICODE_EDGES), min_size=1, max_size=3).map("".join)),
-               "long_prompt": " ".join(["word"] * 100)}[corruption]
+        new = {
+            "empty_text": "",
+            "whitespace_text": draw(st.sampled_from([" ", "\n\n", "\t \u3000"])),
+            "unicode": draw(st.lists(st.sampled_from(UNICODE_EDGES), min_size=1, max_size=3).map("".join)),
+            "long_prompt": " ".join(["word"] * 100),
+        }[corruption]
         target = "prompt" if corruption == "long_prompt" else draw(st.sampled_from(["prompt", "completion"]))
         if target == "prompt" and "prompt" in row:
             row["prompt"] = _messages("user", new) if conversational else new
@@ -165,8 +210,18 @@ def corrupted(draw, row: dict, fmt: str) -> tuple[dict, str]:
         field = draw(st.sampled_from([key for key in ("prompt", candidates) if key in row]))
         # a list of messages: the prompt, a pairwise side, or the first candidate of a ranking
         messages = row[field] if field == "prompt" or candidates == "chosen" else row[field][0]
-        messages[0] = draw(st.sampled_from([{"role": "user"}, {"role": "tool", "content": "x"}, {"content": "x"},
-                                            {"role": "user", "content": None}, {"role": "user", "content": 3}, "x"]))
+        messages[0] = draw(
+            st.sampled_from(
+                [
+                    {"role": "user"},
+                    {"role": "tool", "content": "x"},
+                    {"content": "x"},
+                    {"role": "user", "content": None},
+                    {"role": "user", "content": 3},
+                    "x",
+                ]
+            )
+        )
     return row, corruption
 
 
@@ -247,12 +302,24 @@ def step_model(tokenizer):
     from trl_pro.trainers.pro_trainer import PROTrainer
 
     model = build_tiny_llama(seed=0)
-    args = PROConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to=[], max_length=MAX_LENGTH,
-                     max_prompt_length=16, gradient_checkpointing=False, disable_tqdm=True)
+    args = PROConfig(
+        output_dir="/tmp/unused",
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        max_length=MAX_LENGTH,
+        max_prompt_length=16,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
     from datasets import Dataset
 
-    trainer = PROTrainer(model, args=args, processing_class=tokenizer,
-                         train_dataset=Dataset.from_list([{"prompt": "hello there.", "completions": [" yes", " no"]}]))
+    trainer = PROTrainer(
+        model,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{"prompt": "hello there.", "completions": [" yes", " no"]}]),
+    )
     trainer._longest_ranking = 64
 
     def step(batch):
@@ -265,8 +332,11 @@ def step_model(tokenizer):
     return trainer, step
 
 
-@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 120)), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 120)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=datasets(), max_prompt_length=st.sampled_from([-1, 16, None]))  # -1: no prompt truncation
 def test_every_row_trains_or_names_its_row_and_field(data, max_prompt_length, tokenizer, step_model):
     from trl_pro.data.collator import DataCollatorForRanking
@@ -294,9 +364,16 @@ def test_every_row_trains_or_names_its_row_and_field(data, max_prompt_length, to
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                                 HealthCheck.filter_too_much,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(data=datasets(max_rows=5))
 def test_trainer_drops_and_counts_exactly_the_rows_that_raise(data, tokenizer, tmp_path, caplog):
     from datasets import Dataset
@@ -320,10 +397,22 @@ def test_trainer_drops_and_counts_exactly_the_rows_that_raise(data, tokenizer, t
     STATS["trainer_rows_rejected"] += len(invalid)
 
     def config(**overrides):
-        return PROConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[],
-                         max_length=MAX_LENGTH, max_prompt_length=16, gradient_checkpointing=False, disable_tqdm=True,
-                         per_device_train_batch_size=8, max_steps=1, logging_steps=1, save_strategy="no",
-                         logging_nan_inf_filter=False, **overrides)
+        return PROConfig(
+            output_dir=str(tmp_path / "out"),
+            use_cpu=True,
+            bf16=False,
+            report_to=[],
+            max_length=MAX_LENGTH,
+            max_prompt_length=16,
+            gradient_checkpointing=False,
+            disable_tqdm=True,
+            per_device_train_batch_size=8,
+            max_steps=1,
+            logging_steps=1,
+            save_strategy="no",
+            logging_nan_inf_filter=False,
+            **overrides,
+        )
 
     if invalid:
         with pytest.raises(ValueError, match=rf"^Row {invalid[0]}, field '"):
@@ -331,10 +420,17 @@ def test_trainer_drops_and_counts_exactly_the_rows_that_raise(data, tokenizer, t
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="trl_pro.trainers"):
-        trainer = PROTrainer(build_tiny_llama(seed=0), args=config(drop_invalid_rows=True), processing_class=tokenizer,
-                             train_dataset=dataset)
-    counts = [int(m.group(1)) for m in (re.search(r"Dropped (\d+) of (\d+) rows", r.getMessage())
-                                        for r in caplog.records) if m]
+        trainer = PROTrainer(
+            build_tiny_llama(seed=0),
+            args=config(drop_invalid_rows=True),
+            processing_class=tokenizer,
+            train_dataset=dataset,
+        )
+    counts = [
+        int(m.group(1))
+        for m in (re.search(r"Dropped (\d+) of (\d+) rows", r.getMessage()) for r in caplog.records)
+        if m
+    ]
     assert counts == ([len(invalid)] if invalid else [])
     assert len(trainer.train_dataset) == len(rows) - len(invalid)  # no row dropped without being counted
     kept = [r for r in results if not isinstance(r, ValueError)]

@@ -60,8 +60,18 @@ def test_rank_names_the_line_of_a_bad_row(tmp_path, capsys):
 
     data = _write_with_a_blank_line(tmp_path / "hh.jsonl", _hh_rows(0, 1, BAD_ROW))
     with pytest.raises(SystemExit) as exit_info:
-        rank.cli_main(["--dataset_name", str(data), "--reward_model_name_or_path", str(tmp_path / "rm"),
-                       "--output_path", str(tmp_path / "out.jsonl"), "--progress", "false"])
+        rank.cli_main(
+            [
+                "--dataset_name",
+                str(data),
+                "--reward_model_name_or_path",
+                str(tmp_path / "rm"),
+                "--output_path",
+                str(tmp_path / "out.jsonl"),
+                "--progress",
+                "false",
+            ]
+        )
     assert exit_info.value.code == 1
     [line] = _error_lines(capsys)
     assert line.startswith("trl-pro rank: error: Row 2 (line 4 of hh.jsonl), field 'chosen': empty completion"), line
@@ -72,8 +82,18 @@ def test_training_names_the_line_of_a_bad_row(tmp_path, capsys):
     from trl_pro.scripts.pro import make_parser
 
     data = _write_with_a_blank_line(tmp_path / "hh.jsonl.gz", _hh_rows(0, 1, BAD_ROW, 2))
-    argv = ["--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", str(data), "--use_cpu", "true",
-            "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    argv = [
+        "--model_name_or_path",
+        "trl-pro/tiny-llama",
+        "--dataset_name",
+        str(data),
+        "--use_cpu",
+        "true",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         training.train(*training.parse_args(make_parser(), argv))
     assert exit_info.value.code == 1
@@ -84,14 +104,28 @@ def test_training_names_the_line_of_a_bad_row(tmp_path, capsys):
 def test_prepare_data_says_why_it_dropped_rows(tmp_path, capsys):
     from trl_pro.scripts import prepare_data
 
-    rows = [{"prompt": f"\n\nHuman: q{i}?\n\nAssistant:", "completions": [f" good{i}", f" bad{i}"],
-             "scores": [1.0, 0.0]} for i in range(8)]
+    rows = [
+        {"prompt": f"\n\nHuman: q{i}?\n\nAssistant:", "completions": [f" good{i}", f" bad{i}"], "scores": [1.0, 0.0]}
+        for i in range(8)
+    ]
     rows[2]["completions"][1] = "  "
     data = _write_with_a_blank_line(tmp_path / "ranked.jsonl", rows)
-    prepare_data.main(["--source", "ranked", "--dataset_name", str(data), "--output_dir", str(tmp_path / "views"),
-                       "--test_size", "0.25"])
+    prepare_data.main(
+        [
+            "--source",
+            "ranked",
+            "--dataset_name",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "views"),
+            "--test_size",
+            "0.25",
+        ]
+    )
     out = capsys.readouterr().out
     dropped = [line for line in out.splitlines() if line.startswith("Dropped")]
     # counted in the file's rows, before the test split is held out
-    assert dropped == ["Dropped 1 of 8 rows of the train split; first: Row 2 (line 4 of ranked.jsonl), field "
-                       "'completions[1]': empty completion"], out
+    assert dropped == [
+        "Dropped 1 of 8 rows of the train split; first: Row 2 (line 4 of ranked.jsonl), field "
+        "'completions[1]': empty completion"
+    ], out

@@ -1,7 +1,6 @@
 """Tokenization: a DPO-shaped config works unchanged (the prompt length adapts to `max_length`), and BOS is kept
 when a prompt is truncated from the left."""
 
-
 import pytest
 from datasets import Dataset
 
@@ -12,6 +11,7 @@ from trl_pro.trainers.pro_trainer import PROTrainer
 
 
 # A DPO-shaped config works unchanged --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("max_length, kept", [(512, 384), (256, 128), (192, 96), (64, 32), (2, 1)])
 def test_dpo_shaped_config_adapts_the_prompt_length(tmp_path, tokenizer, tiny_model, max_length, kept):
@@ -39,10 +39,13 @@ def test_only_an_explicit_prompt_length_is_rejected(tmp_path):
         PROConfig(output_dir=str(tmp_path), max_length=256, max_prompt_length=300)
     with pytest.raises(ValueError, match="-1 \\(no prompt truncation\\)"):
         PROConfig(output_dir=str(tmp_path), max_prompt_length=-2)
-    assert PROConfig(output_dir=str(tmp_path), max_length=256, max_prompt_length=-1, use_cpu=True).max_prompt_length == -1
+    assert (
+        PROConfig(output_dir=str(tmp_path), max_length=256, max_prompt_length=-1, use_cpu=True).max_prompt_length == -1
+    )
 
 
 # BOS is kept when a prompt is truncated -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def llama_style_tokenizer():

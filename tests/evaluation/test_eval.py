@@ -28,8 +28,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _hh(prompt_turn, chosen, rejected, subset=None):
-    row = {"chosen": f"\n\nHuman: {prompt_turn}\n\nAssistant: {chosen}",
-           "rejected": f"\n\nHuman: {prompt_turn}\n\nAssistant: {rejected}"}
+    row = {
+        "chosen": f"\n\nHuman: {prompt_turn}\n\nAssistant: {chosen}",
+        "rejected": f"\n\nHuman: {prompt_turn}\n\nAssistant: {rejected}",
+    }
     if subset is not None:
         row["subset"] = subset
     return row
@@ -70,6 +72,7 @@ def test_bleu_is_nltk_character_4gram_bleu_computed_by_hand():
     assert authors_bleu("the cat sat", "the cat sat") == pytest.approx(1.0)
     # Characters, not words: p_n counted over character n-grams (clipped counts), brevity penalty from characters
     hyp, ref = "hello world", "hello there world"
+
     def ngrams(text, n):
         return [text[i : i + n] for i in range(len(text) - n + 1)]
 
@@ -128,16 +131,27 @@ def test_default_test_data_is_the_vendored_slice_with_the_authors_prompts():
 
 
 def test_subsets_from_a_column_from_files_and_ranked_rows(tmp_path):
-    mixed = _write_jsonl(tmp_path / "mixed.jsonl", [
-        _hh("q1", "good", "bad", "helpful_base"), _hh("q2", "fine", "worse", "harmless_base"),
-        _hh("q3", "ok", "no", "helpful_base"),
-    ])
+    mixed = _write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            _hh("q1", "good", "bad", "helpful_base"),
+            _hh("q2", "fine", "worse", "harmless_base"),
+            _hh("q3", "ok", "no", "helpful_base"),
+        ],
+    )
     data = load_test_data([str(mixed)])
     assert list(data) == ["harmless_base", "helpful_base"]  # the paper's order
     assert [ex.reference.strip() for ex in data["helpful_base"]] == ["good", "ok"]
-    ranked = _write_jsonl(tmp_path / "ranked.jsonl", [
-        {"prompt": "\n\nHuman: hi\n\nAssistant:", "completions": [" low", " high", " mid"], "scores": [0.1, 0.9, 0.5]}
-    ])
+    ranked = _write_jsonl(
+        tmp_path / "ranked.jsonl",
+        [
+            {
+                "prompt": "\n\nHuman: hi\n\nAssistant:",
+                "completions": [" low", " high", " mid"],
+                "scores": [0.1, 0.9, 0.5],
+            }
+        ],
+    )
     data = load_test_data({"online": str(ranked), "base": str(mixed)})
     assert list(data) == ["online", "base"] and data["online"][0].reference == " high"  # best by score
     assert len(data["base"]) == 3
@@ -162,11 +176,16 @@ def test_responses_file_missing_or_extra_prompts(tmp_path):
     good = _write_jsonl(tmp_path / "good.jsonl", [{"prompt": p, "response": f"r{i}"} for i, p in enumerate(prompts)])
     assert read_responses_file(good, prompts) == {p: f"r{i}" for i, p in enumerate(prompts)}
     missing = _write_jsonl(tmp_path / "missing.jsonl", [{"prompt": p, "response": "r"} for p in prompts[:2]])
-    with pytest.raises(ValueError, match=r"missing.jsonl: no response for 1 of the 3 test prompts \(first: test "
-                                         r"prompt 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing.jsonl: no response for 1 of the 3 test prompts \(first: test "
+        r"prompt 2",
+    ):
         read_responses_file(missing, prompts)
-    extra = _write_jsonl(tmp_path / "extra.jsonl",
-                         [{"prompt": p, "response": "r"} for p in prompts] + [{"prompt": "other", "response": "r"}])
+    extra = _write_jsonl(
+        tmp_path / "extra.jsonl",
+        [{"prompt": p, "response": "r"} for p in prompts] + [{"prompt": "other", "response": "r"}],
+    )
     with pytest.raises(ValueError, match=r"extra.jsonl: 1 prompts are not in the test data \(first: row 3"):
         read_responses_file(extra, prompts)
     no_field = _write_jsonl(tmp_path / "nofield.jsonl", [{"prompt": prompts[0], "text": "r"}])
@@ -207,8 +226,9 @@ def test_evaluate_systems_model_responses_file_reward_and_resume(tiny_policy_dir
 
     data = load_test_data(max_samples=4)
     prompts = unique_prompts(data)
-    canned = _write_jsonl(tmp_path / "canned.jsonl",
-                          [{"prompt": p, "response": "I can't help with that."} for p in prompts])
+    canned = _write_jsonl(
+        tmp_path / "canned.jsonl", [{"prompt": p, "response": "I can't help with that."} for p in prompts]
+    )
     systems = [System("tiny", str(tiny_policy_dir), prompt_suffix=" Sure"), System("canned", str(canned))]
     out = tmp_path / "out"
     kwargs = dict(reward_model_name_or_path=str(tiny_reward_model_dir), max_new_tokens=6, progress=False)
@@ -226,7 +246,8 @@ def test_evaluate_systems_model_responses_file_reward_and_resume(tiny_policy_dir
     assert results["canned"]["total"]["reward"] == pytest.approx(expected, rel=1e-5)
     references = [ex.reference for ex in data["harmless_base"]]
     assert results["canned"]["total"]["bleu"] == pytest.approx(
-        100 * sum(authors_bleu("I can't help with that.", r) for r in references) / 4)
+        100 * sum(authors_bleu("I can't help with that.", r) for r in references) / 4
+    )
     md = (out / "results.md").read_text()
     assert "| tiny |" in md and "harmless_base BLEU | harmless_base Reward" in md and "' Sure'" in md
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
@@ -252,8 +273,13 @@ def test_reward_model_head_must_be_a_single_score(tiny_policy_dir, tmp_path):
     data = load_test_data(max_samples=2)
     canned = _write_jsonl(tmp_path / "c.jsonl", [{"prompt": p, "response": "ok"} for p in unique_prompts(data)])
     with pytest.raises(ValueError, match="single score"):
-        evaluate_systems([System("c", str(canned))], data, tmp_path / "out",
-                            reward_model_name_or_path=str(two_heads), progress=False)
+        evaluate_systems(
+            [System("c", str(canned))],
+            data,
+            tmp_path / "out",
+            reward_model_name_or_path=str(two_heads),
+            progress=False,
+        )
 
 
 def test_comparison_folder_manifest(tmp_path):
@@ -261,8 +287,9 @@ def test_comparison_folder_manifest(tmp_path):
     folder = tmp_path / "comparison"
     (folder / "a").mkdir(parents=True)
     _write_jsonl(folder / "a" / "responses.jsonl", [{"prompt": p, "response": "yes"} for p in unique_prompts(data)])
-    (folder / COMPARISON_MANIFEST).write_text(json.dumps(
-        {"systems": [{"name": "a", "path": "a/responses.jsonl", "prompt_suffix": " (a helpful answer)"}]}))
+    (folder / COMPARISON_MANIFEST).write_text(
+        json.dumps({"systems": [{"name": "a", "path": "a/responses.jsonl", "prompt_suffix": " (a helpful answer)"}]})
+    )
     (system,) = read_comparison_folder(folder)
     assert system.name == "a" and system.kind == "responses" and system.prompt_suffix == " (a helpful answer)"
     assert system.path == str(folder / "a" / "responses.jsonl")
@@ -276,7 +303,9 @@ def test_comparison_folder_manifest(tmp_path):
 def test_system_specs():
     systems = parse_system_specs(["pro=trl-pro/tiny-llama", "coh=some/model"], ["coh=\\nA helpful answer:"])
     assert [(s.name, s.kind, s.prompt_suffix) for s in systems] == [
-        ("pro", "model", ""), ("coh", "model", "\nA helpful answer:")]
+        ("pro", "model", ""),
+        ("coh", "model", "\nA helpful answer:"),
+    ]
     with pytest.raises(ValueError, match="expected NAME=PATH"):
         parse_system_specs(["nopath"])
     with pytest.raises(ValueError, match="given twice"):
@@ -307,13 +336,13 @@ def _run_eval(argv, capsys):
 
 def test_cli_eval_end_to_end_with_yaml_and_repeated_systems(tiny_policy_dir, tmp_path, capsys):
     data = load_test_data(max_samples=3)
-    canned = _write_jsonl(tmp_path / "canned.jsonl",
-                          [{"prompt": p, "response": "No."} for p in unique_prompts(data)])
+    canned = _write_jsonl(tmp_path / "canned.jsonl", [{"prompt": p, "response": "No."} for p in unique_prompts(data)])
     config = tmp_path / "eval.yaml"
     config.write_text(f"max_samples: 3\nmax_completion_length: 4\nsystem:\n  - tiny={tiny_policy_dir}\n")
     out = tmp_path / "out"
     status, stdout, stderr = _run_eval(
-        ["--config", str(config), "--system", f"canned={canned}", "--output_dir", str(out)], capsys)
+        ["--config", str(config), "--system", f"canned={canned}", "--output_dir", str(out)], capsys
+    )
     assert status == 0, stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["tiny", "canned"] and results["canned"]["total"]["n"] == 3
@@ -329,8 +358,9 @@ def test_cli_eval_is_registered_and_errors_are_one_line(tmp_path, capsys):
     assert exit_.value.code == 0 and "--reward_model_name_or_path" in capsys.readouterr().out
     data = load_test_data(max_samples=2)
     short = _write_jsonl(tmp_path / "short.jsonl", [{"prompt": unique_prompts(data)[0], "response": "x"}])
-    status, _, stderr = _run_eval(["--system", f"s={short}", "--max_samples", "2", "--output_dir",
-                                   str(tmp_path / "o")], capsys)
+    status, _, stderr = _run_eval(
+        ["--system", f"s={short}", "--max_samples", "2", "--output_dir", str(tmp_path / "o")], capsys
+    )
     lines = stderr.strip().splitlines()
     assert status == 1 and len(lines) == 1, stderr[-2000:]
     assert lines[0].startswith("trl-pro eval: error:") and "no response for 1 of the 2 test prompts" in lines[0]
@@ -349,8 +379,22 @@ def test_eval_generation_benchmark_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("eval_generation", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    report = module.main(["--num_prompts", "3", "--batch_sizes", "1,3", "--repeats", "1", "--max_new_tokens", "3",
-                          "--full_eval_prompts", "3", "--output", str(tmp_path / "bench")])
+    report = module.main(
+        [
+            "--num_prompts",
+            "3",
+            "--batch_sizes",
+            "1,3",
+            "--repeats",
+            "1",
+            "--max_new_tokens",
+            "3",
+            "--full_eval_prompts",
+            "3",
+            "--output",
+            str(tmp_path / "bench"),
+        ]
+    )
     assert [row["batch_size"] for row in report["generation"]["rows"]] == [1, 3]
     assert report["full_eval"]["num_prompts"] == 3 and report["full_eval"]["seconds"] > 0
     assert "not measured on GPU" in (tmp_path / "bench.md").read_text()
@@ -383,11 +427,14 @@ def test_cli_eval_reads_a_comparison_folder(tmp_path, capsys):
     data = load_test_data(max_samples=2)
     folder = tmp_path / "compare"
     (folder / "sft").mkdir(parents=True)
-    _write_jsonl(folder / "sft" / "responses.jsonl",
-                 [{"prompt": p, "response": "Sorry."} for p in unique_prompts(data)])
-    (folder / COMPARISON_MANIFEST).write_text(json.dumps(
-        {"systems": [{"name": "sft", "path": "sft/responses.jsonl", "prompt_suffix": "", "method": "sft"}]}))
-    status, _, stderr = _run_eval(["--comparison", str(folder), "--max_samples", "2", "--output_dir",
-                                   str(tmp_path / "out")], capsys)
+    _write_jsonl(
+        folder / "sft" / "responses.jsonl", [{"prompt": p, "response": "Sorry."} for p in unique_prompts(data)]
+    )
+    (folder / COMPARISON_MANIFEST).write_text(
+        json.dumps({"systems": [{"name": "sft", "path": "sft/responses.jsonl", "prompt_suffix": "", "method": "sft"}]})
+    )
+    status, _, stderr = _run_eval(
+        ["--comparison", str(folder), "--max_samples", "2", "--output_dir", str(tmp_path / "out")], capsys
+    )
     assert status == 0, stderr[-2000:]
     assert list(json.loads((tmp_path / "out" / "results.json").read_text())) == ["sft"]

@@ -101,7 +101,9 @@ def test_reward_scores_follow_the_reward_model_weights_and_dtype(tmp_path, caplo
     data = load_test_data(max_samples=3)
     prompts = unique_prompts(data)
     canned = tmp_path / "canned.jsonl"
-    canned.write_text("".join(json.dumps({"prompt": p, "response": "I can't help with that."}) + "\n" for p in prompts))
+    canned.write_text(
+        "".join(json.dumps({"prompt": p, "response": "I can't help with that."}) + "\n" for p in prompts)
+    )
     responses = ["I can't help with that."] * len(prompts)  # as the file holds them
     reward_dir = tmp_path / "rm"
     _save_reward_model(reward_dir, seed=0)

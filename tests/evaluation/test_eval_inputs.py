@@ -84,8 +84,12 @@ def _response_rows(out, system="canned"):
 
 @pytest.mark.parametrize(
     "suffix, flag",
-    [("parquet", "--dataset_name"), ("csv", "--dataset_name"), ("jsonl.gz", "--dataset_name"),
-     ("parquet", "--test_file")],
+    [
+        ("parquet", "--dataset_name"),
+        ("csv", "--dataset_name"),
+        ("jsonl.gz", "--dataset_name"),
+        ("parquet", "--test_file"),
+    ],
 )
 def test_eval_reads_a_parquet_csv_or_compressed_file_as_its_jsonl_equivalent(tmp_path, capsys, suffix, flag):
     rows = _hh_rows()
@@ -106,12 +110,28 @@ def test_eval_reads_a_prepare_data_view_folder_and_its_splits(tmp_path, capsys):
 
     from trl_pro.scripts import prepare_data
 
-    ranked = [{"prompt": f"\n\nHuman: question {i}?\n\nAssistant:", "completions": [f" worse {i}", f" better {i}"],
-               "scores": [0.1, 0.9]} for i in range(6)]
+    ranked = [
+        {
+            "prompt": f"\n\nHuman: question {i}?\n\nAssistant:",
+            "completions": [f" worse {i}", f" better {i}"],
+            "scores": [0.1, 0.9],
+        }
+        for i in range(6)
+    ]
     _write_jsonl(tmp_path / "ranked.jsonl", ranked)
     views = tmp_path / "views"
-    prepare_data.main(["--source", "ranked", "--dataset_name", str(tmp_path / "ranked.jsonl"), "--output_dir",
-                       str(views), "--test_size", "0.3"])
+    prepare_data.main(
+        [
+            "--source",
+            "ranked",
+            "--dataset_name",
+            str(tmp_path / "ranked.jsonl"),
+            "--output_dir",
+            str(views),
+            "--test_size",
+            "0.3",
+        ]
+    )
     capsys.readouterr()
 
     # The jsonl equivalents of the view's splits
@@ -127,31 +147,56 @@ def test_eval_reads_a_prepare_data_view_folder_and_its_splits(tmp_path, capsys):
     # The view folder's `test` split by default (the reference is the best candidate), `train` on request
     out = tmp_path / "out_test"
     test_only = _canned(tmp_path / "canned_test.jsonl", by_split["test"])
-    status, _, stderr = _eval(["--dataset_name", views / "ranked", "--system", f"canned={test_only}",
-                               "--output_dir", out], capsys)
+    status, _, stderr = _eval(
+        ["--dataset_name", views / "ranked", "--system", f"canned={test_only}", "--output_dir", out], capsys
+    )
     assert status == 0, stderr[-3000:]
     assert _response_rows(out) == rows_of(by_split["test"])
     assert all(ex.reference.startswith(" better") for ex in by_split["test"]["ranked"])
     train_only = _canned(tmp_path / "canned_train.jsonl", by_split["train"])
     out = tmp_path / "out_train"
-    status, _, stderr = _eval(["--dataset_name", f"ranked={views / 'ranked'}", "--dataset_test_split", "train",
-                               "--system", f"canned={train_only}", "--output_dir", out], capsys)
+    status, _, stderr = _eval(
+        [
+            "--dataset_name",
+            f"ranked={views / 'ranked'}",
+            "--dataset_test_split",
+            "train",
+            "--system",
+            f"canned={train_only}",
+            "--output_dir",
+            out,
+        ],
+        capsys,
+    )
     assert status == 0, stderr[-3000:]
     assert _response_rows(out) == rows_of(by_split["train"])
     # The pairs view (best against worst) gives the same prompts and references
     out = tmp_path / "out_pairs"
-    status, _, stderr = _eval(["--dataset_name", f"ranked={views / 'pairs'}", "--system", f"canned={test_only}",
-                               "--output_dir", out], capsys)
+    status, _, stderr = _eval(
+        ["--dataset_name", f"ranked={views / 'pairs'}", "--system", f"canned={test_only}", "--output_dir", out], capsys
+    )
     assert status == 0, stderr[-3000:]
     assert _response_rows(out) == rows_of(by_split["test"])
     # A split the folder does not have, and prepare_data's output folder itself (several views), are one-line errors
-    status, _, stderr = _eval(["--dataset_name", views / "ranked", "--dataset_test_split", "validation",
-                               "--system", f"canned={test_only}", "--output_dir", out], capsys)
+    status, _, stderr = _eval(
+        [
+            "--dataset_name",
+            views / "ranked",
+            "--dataset_test_split",
+            "validation",
+            "--system",
+            f"canned={test_only}",
+            "--output_dir",
+            out,
+        ],
+        capsys,
+    )
     line = _error_line(stderr)
     assert status == 1 and "no 'validation' split" in line and "(splits: test, train)" in line
     assert "--dataset_test_split" in line
-    status, _, stderr = _eval(["--dataset_name", views, "--system", f"canned={test_only}", "--output_dir", out],
-                              capsys)
+    status, _, stderr = _eval(
+        ["--dataset_name", views, "--system", f"canned={test_only}", "--output_dir", out], capsys
+    )
     assert status == 1 and f"{views / 'ranked'}" in _error_line(stderr)
 
 
@@ -162,12 +207,22 @@ def test_a_bad_row_of_a_parquet_file_names_the_file_row_and_field(tmp_path, caps
     with pytest.raises(ValueError, match=r"bad.parquet: Row 1, field 'prompt': empty prompt"):
         load_test_data([str(data)])
     canned = _canned(tmp_path / "canned.jsonl", load_test_data(max_samples=1))
-    status, _, stderr = _eval(["--dataset_name", data, "--system", f"canned={canned}", "--output_dir",
-                               tmp_path / "out"], capsys)
+    status, _, stderr = _eval(
+        ["--dataset_name", data, "--system", f"canned={canned}", "--output_dir", tmp_path / "out"], capsys
+    )
     line = _error_line(stderr)
     assert status == 1 and line.startswith("trl-pro eval: error:") and f"{data}: Row 1, field 'prompt'" in line
-    status, _, stderr = _eval(["--dataset_name", tmp_path / "missing.parquet", "--system", f"canned={canned}",
-                               "--output_dir", tmp_path / "out"], capsys)
+    status, _, stderr = _eval(
+        [
+            "--dataset_name",
+            tmp_path / "missing.parquet",
+            "--system",
+            f"canned={canned}",
+            "--output_dir",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert status == 1 and "missing.parquet does not exist" in _error_line(stderr)
 
 
@@ -181,14 +236,29 @@ def test_judge_reads_its_test_data_as_eval_does(tmp_path, capsys):
     for suffix in ("parquet", "csv"):
         path = _write(tmp_path / f"test.{suffix}", rows)
         out = tmp_path / f"out_{suffix}"
-        status, _, stderr = _run(cli_main, ["--dataset_name", path, "--responses", first, second, "--max_samples", 1,
-                                            "--export_human", "--output_dir", out], capsys)
+        status, _, stderr = _run(
+            cli_main,
+            [
+                "--dataset_name",
+                path,
+                "--responses",
+                first,
+                second,
+                "--max_samples",
+                1,
+                "--export_human",
+                "--output_dir",
+                out,
+            ],
+            capsys,
+        )
         assert status == 0, stderr[-3000:]
         with open(out / judges.HUMAN_SHEET, newline="") as f:
             sheet = list(csv.DictReader(f))
         # One prompt of each subset (--max_samples 1), the subsets from the test data
         assert [(row["prompt"], row["subset"]) for row in sheet] == [
-            (data[s][0].prompt, s) for s in ("harmless_base", "helpful_base")]
+            (data[s][0].prompt, s) for s in ("harmless_base", "helpful_base")
+        ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -205,8 +275,7 @@ def test_eval_without_its_extra_fails_before_loading_a_model(tiny_policy_dir, tm
     monkeypatch.setattr(systems, "load_policy", no_loading)
     monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError, as when not installed
     out = tmp_path / "out"
-    status, _, stderr = _eval(["--system", f"tiny={tiny_policy_dir}", "--max_samples", 2, "--output_dir", out],
-                              capsys)
+    status, _, stderr = _eval(["--system", f"tiny={tiny_policy_dir}", "--max_samples", 2, "--output_dir", out], capsys)
     lines = stderr.strip().splitlines()
     assert status == 1 and len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("trl-pro eval: error:") and module in lines[0]
@@ -221,8 +290,9 @@ def test_eval_without_its_extra_fails_before_loading_a_model(tiny_policy_dir, tm
 def _results(systems, subsets, value=lambda k, i: 40.0 + k + i / 10):
     out = {}
     for k, system in enumerate(systems):
-        by_subset = {s: {"bleu": value(k, i), "sacrebleu": 1.0, "reward": 60.0 - k, "n": 3}
-                     for i, s in enumerate(subsets)}
+        by_subset = {
+            s: {"bleu": value(k, i), "sacrebleu": 1.0, "reward": 60.0 - k, "n": 3} for i, s in enumerate(subsets)
+        }
         by_subset["total"] = {"bleu": 41.0 + k, "sacrebleu": 1.0, "reward": 60.0 - k, "n": 3 * len(subsets)}
         out[system] = by_subset
     return out
@@ -243,9 +313,15 @@ def saved_figures(monkeypatch):
     def savefig(fig, *args, **kwargs):
         result = original(fig, *args, **kwargs)
         renderer = fig.canvas.get_renderer()
-        saved.append([{"groups": [t.get_text() for t in ax.get_xticklabels()],
-                       "labels": [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]}
-                      for ax in fig.axes])
+        saved.append(
+            [
+                {
+                    "groups": [t.get_text() for t in ax.get_xticklabels()],
+                    "labels": [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts],
+                }
+                for ax in fig.axes
+            ]
+        )
         return result
 
     monkeypatch.setattr(Figure, "savefig", savefig)
@@ -263,8 +339,9 @@ def test_plot_with_one_subset_has_no_total_group(tmp_path, saved_figures):
     assert saved_figures[1][0]["groups"] == ["harmless_base", "helpful_base", "total"]
 
 
-@pytest.mark.parametrize("subsets", [["harmless_base"], ["harmless_base", "helpful_base", "helpful_online",
-                                                          "helpful_rejection"]])
+@pytest.mark.parametrize(
+    "subsets", [["harmless_base"], ["harmless_base", "helpful_base", "helpful_online", "helpful_rejection"]]
+)
 def test_plot_value_labels_of_seven_systems_do_not_overlap(tmp_path, saved_figures, subsets):
     from trl_pro.evaluation.report import plot_results
 
@@ -275,6 +352,7 @@ def test_plot_value_labels_of_seven_systems_do_not_overlap(tmp_path, saved_figur
     for ax in axes:
         boxes = [box for text, box in ax["labels"] if text]
         assert len(boxes) == len(systems) * len(ax["groups"])
-        overlapping = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
-                       if boxes[i].overlaps(boxes[j])]
+        overlapping = [
+            (i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])
+        ]
         assert not overlapping, [(ax["labels"][i][0], ax["labels"][j][0]) for i, j in overlapping[:5]]

@@ -15,14 +15,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(n=1):
-    return [judges.Pair(f"\n\nHuman: question {i}?\n\nAssistant:", "harmless_base", f"first {i}", f"second {i}")
-            for i in range(n)]
+    return [
+        judges.Pair(f"\n\nHuman: question {i}?\n\nAssistant:", "harmless_base", f"first {i}", f"second {i}")
+        for i in range(n)
+    ]
 
 
 def _completion(content):
-    return {"id": "chatcmpl-0", "object": "chat.completion", "created": 0, "model": "judge",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return {
+        "id": "chatcmpl-0",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "judge",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 class ScriptedEndpoint:
@@ -80,8 +87,14 @@ def sleeps(monkeypatch):
 
 def test_judge_cache_is_keyed_on_the_max_tokens_of_a_served_model(openai_server, tmp_path):
     def judge(max_tokens):
-        return judges.OpenAIJudge(openai_server.model, openai_server.base_url, max_tokens=max_tokens, max_retries=1,
-                                  backoff=0.01, system_prompt_in_user=True)
+        return judges.OpenAIJudge(
+            openai_server.model,
+            openai_server.base_url,
+            max_tokens=max_tokens,
+            max_retries=1,
+            backoff=0.01,
+            system_prompt_in_user=True,
+        )
 
     short = judge(2)
     judges.judge_pairs(short, _pairs(1), tmp_path, progress=False)
@@ -97,7 +110,10 @@ def test_judge_cache_is_keyed_on_the_max_tokens_of_a_served_model(openai_server,
 
 
 def test_judge_cache_is_keyed_on_the_endpoint(tmp_path, sleeps):
-    with ScriptedEndpoint([(200, _completion("[[A]]"))]) as one, ScriptedEndpoint([(200, _completion("[[B]]"))]) as two:
+    with (
+        ScriptedEndpoint([(200, _completion("[[A]]"))]) as one,
+        ScriptedEndpoint([(200, _completion("[[B]]"))]) as two,
+    ):
         first = judges.judge_pairs(judges.OpenAIJudge("judge", one.base_url), _pairs(1), tmp_path, progress=False)
         second = judges.judge_pairs(judges.OpenAIJudge("judge", two.base_url), _pairs(1), tmp_path, progress=False)
     # Same model name, same prompts: the second endpoint is asked, and its answers decide
@@ -107,12 +123,16 @@ def test_judge_cache_is_keyed_on_the_endpoint(tmp_path, sleeps):
 
 def test_judge_identity_holds_what_changes_the_answer():
     base = judges.OpenAIJudge("judge", "http://127.0.0.1:1/v1")
-    assert base.cache_identity == judges.OpenAIJudge("judge", "http://127.0.0.1:1/v1", api_key="other",
-                                                     max_retries=9).cache_identity  # not the key or the retries
-    for other in (judges.OpenAIJudge("judge2", "http://127.0.0.1:1/v1"),
-                  judges.OpenAIJudge("judge", "http://127.0.0.1:2/v1"),
-                  judges.OpenAIJudge("judge", "http://127.0.0.1:1/v1", max_tokens=7),
-                  judges.OpenAIJudge("judge", "http://127.0.0.1:1/v1", system_prompt_in_user=True)):
+    assert (
+        base.cache_identity
+        == judges.OpenAIJudge("judge", "http://127.0.0.1:1/v1", api_key="other", max_retries=9).cache_identity
+    )  # not the key or the retries
+    for other in (
+        judges.OpenAIJudge("judge2", "http://127.0.0.1:1/v1"),
+        judges.OpenAIJudge("judge", "http://127.0.0.1:2/v1"),
+        judges.OpenAIJudge("judge", "http://127.0.0.1:1/v1", max_tokens=7),
+        judges.OpenAIJudge("judge", "http://127.0.0.1:1/v1", system_prompt_in_user=True),
+    ):
         assert other.cache_identity != base.cache_identity
 
 
@@ -154,8 +174,10 @@ def test_local_judge_cache_is_keyed_on_the_weights(tiny_policy_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "reply",
-    [_error(401, "Incorrect API key provided", "invalid_request_error"),
-     _error(400, "max_tokens is too large", "invalid_request_error")],
+    [
+        _error(401, "Incorrect API key provided", "invalid_request_error"),
+        _error(400, "max_tokens is too large", "invalid_request_error"),
+    ],
     ids=["401", "400"],
 )
 def test_request_errors_are_not_retried(reply, tmp_path, sleeps):
@@ -171,8 +193,11 @@ def test_request_errors_are_not_retried(reply, tmp_path, sleeps):
 
 
 def test_server_errors_are_retried_with_backoff(tmp_path, sleeps):
-    replies = [_error(503, "overloaded", "server_error"), _error(429, "slow down", "rate_limit"),
-               (200, _completion("Better. [[A]]"))]
+    replies = [
+        _error(503, "overloaded", "server_error"),
+        _error(429, "slow down", "rate_limit"),
+        (200, _completion("Better. [[A]]")),
+    ]
     with ScriptedEndpoint(replies) as endpoint:
         judge = judges.OpenAIJudge("judge", endpoint.base_url, max_retries=3, backoff=0.5)
         assert judge.complete("system", "user") == "Better. [[A]]"

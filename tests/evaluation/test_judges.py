@@ -15,8 +15,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(n=2, subset="harmless_base"):
-    return [judges.Pair(f"\n\nHuman: question {i}?\n\nAssistant:", subset, f"first answer {i}", f"second answer {i}")
-            for i in range(n)]
+    return [
+        judges.Pair(f"\n\nHuman: question {i}?\n\nAssistant:", subset, f"first answer {i}", f"second answer {i}")
+        for i in range(n)
+    ]
 
 
 def _closed_port_url():
@@ -46,15 +48,18 @@ def test_prompt_is_mt_bench_pairwise_adapted():
     assert prompt.startswith("[User Question]\nHuman: hi\n\nAssistant:\n\n[The Start of Assistant A's Answer]\none\n")
     assert prompt.endswith("[The Start of Assistant B's Answer]\ntwo\n[The End of Assistant B's Answer]")
     assert '"[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.' in (
-        judges.JUDGE_SYSTEM_PROMPT)
+        judges.JUDGE_SYSTEM_PROMPT
+    )
 
 
 def test_both_orders_averaged_invalid_reported_apart():
     # Pair 0: the first system wins in both orders; pair 1: position-biased judge (always A) -> one win, one loss;
     # pair 2 (other subset): a tie and an unparsable answer
     records = [
-        {"subset": "s1", "outcome": judges.outcome("A", True)}, {"subset": "s1", "outcome": judges.outcome("B", False)},
-        {"subset": "s1", "outcome": judges.outcome("A", True)}, {"subset": "s1", "outcome": judges.outcome("A", False)},
+        {"subset": "s1", "outcome": judges.outcome("A", True)},
+        {"subset": "s1", "outcome": judges.outcome("B", False)},
+        {"subset": "s1", "outcome": judges.outcome("A", True)},
+        {"subset": "s1", "outcome": judges.outcome("A", False)},
         {"subset": "s2", "outcome": judges.outcome("C", True)},
         {"subset": "s2", "outcome": judges.outcome(None, False)},
     ]
@@ -68,13 +73,23 @@ def test_both_orders_averaged_invalid_reported_apart():
 
 
 def test_openai_endpoint_judge_caches_and_resumes(openai_server, tmp_path):
-    judge = judges.OpenAIJudge(openai_server.model, openai_server.base_url, max_tokens=8, max_retries=1,
-                               backoff=0.01, system_prompt_in_user=True)
+    judge = judges.OpenAIJudge(
+        openai_server.model,
+        openai_server.base_url,
+        max_tokens=8,
+        max_retries=1,
+        backoff=0.01,
+        system_prompt_in_user=True,
+    )
     pairs = _pairs(2)
     records = judges.judge_pairs(judge, pairs, tmp_path, progress=False)
     assert judge.num_requests == 4  # two pairs, two orders each
     assert [(r["pair"], r["order"]) for r in records] == [
-        (0, "first-as-A"), (0, "first-as-B"), (1, "first-as-A"), (1, "first-as-B")]
+        (0, "first-as-A"),
+        (0, "first-as-B"),
+        (1, "first-as-A"),
+        (1, "first-as-B"),
+    ]
     cached = read_jsonl_cache(tmp_path / judges.JUDGMENTS_FILE)
     assert len(cached) == 4 and all(isinstance(row["output"], str) for row in cached)
     # The served model's real answers decide each outcome (a tiny random model rarely writes a verdict: invalid)
@@ -85,8 +100,7 @@ def test_openai_endpoint_judge_caches_and_resumes(openai_server, tmp_path):
     assert sum(table["harmless_base"][k] for k in judges.OUTCOMES) == pytest.approx(100.0)
 
     # A rerun asks nothing; with one more pair it asks only for that pair
-    rerun = judges.OpenAIJudge(openai_server.model, openai_server.base_url, max_tokens=8,
-                               system_prompt_in_user=True)
+    rerun = judges.OpenAIJudge(openai_server.model, openai_server.base_url, max_tokens=8, system_prompt_in_user=True)
     assert judges.judge_pairs(rerun, pairs, tmp_path, progress=False) == records and rerun.num_requests == 0
     judges.judge_pairs(rerun, _pairs(3), tmp_path, progress=False)
     assert rerun.num_requests == 2
@@ -171,8 +185,9 @@ def test_cli_judge(tmp_path, capsys):
     assert status == 1 and captured.err.count("\n") == 1
     assert "trl-pro judge: error:" in captured.err and "no response for 1 of the 3 test prompts" in captured.err
     b.write_text("".join(json.dumps({"prompt": p, "response": "B", "subset": "s"}) + "\n" for p in prompts))
-    status, captured = run("--responses", str(a), "--responses", str(b), "--export_human", "--output_dir",
-                           str(tmp_path / "o"))
+    status, captured = run(
+        "--responses", str(a), "--responses", str(b), "--export_human", "--output_dir", str(tmp_path / "o")
+    )
     assert status == 0 and (tmp_path / "o" / judges.HUMAN_SHEET).exists(), captured.err
     status, captured = run("--responses", str(a), str(b), "--output_dir", str(tmp_path / "o"))
     assert status == 1 and "no judge" in captured.err
@@ -185,13 +200,29 @@ def test_cli_judge_against_the_served_model(openai_server, tmp_path, capsys):
 
     prompts = [p.prompt for p in _pairs(2)]
     for name in ("one", "two"):
-        (tmp_path / f"{name}.jsonl").write_text("".join(
-            json.dumps({"prompt": p, "response": f"{name} says hi", "subset": "harmless_base"}) + "\n"
-            for p in prompts))
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(
+                json.dumps({"prompt": p, "response": f"{name} says hi", "subset": "harmless_base"}) + "\n"
+                for p in prompts
+            )
+        )
     out = tmp_path / "judged"
-    cli_main(["--responses", f"pro={tmp_path / 'one.jsonl'}", f"rrhf={tmp_path / 'two.jsonl'}", "--base_url",
-              openai_server.base_url, "--model", openai_server.model, "--system_prompt_in_user", "--max_tokens", "4",
-              "--output_dir", str(out)])
+    cli_main(
+        [
+            "--responses",
+            f"pro={tmp_path / 'one.jsonl'}",
+            f"rrhf={tmp_path / 'two.jsonl'}",
+            "--base_url",
+            openai_server.base_url,
+            "--model",
+            openai_server.model,
+            "--system_prompt_in_user",
+            "--max_tokens",
+            "4",
+            "--output_dir",
+            str(out),
+        ]
+    )
     result = json.loads((out / "judge_results.json").read_text())
     assert result["first"] == "pro" and result["second"] == "rrhf" and len(result["judgments"]) == 4
     assert result["table"]["average"]["n"] == 4

@@ -59,8 +59,10 @@ def test_long_answers_are_cut_to_fit_the_context(judge, tmp_path, caplog):
     context = judge.model.config.max_position_embeddings
     assert context < judge.tokenizer.model_max_length  # the model's limit is the smaller: the one that counts
     question = "\n\nHuman: Which of you writes the longer answer?\n\nAssistant:"
-    pairs = [judges.Pair(question, "helpful_base", _long("alpha"), _long("beta")),
-             judges.Pair("\n\nHuman: hi?\n\nAssistant:", "helpful_base", "short one", "short two")]
+    pairs = [
+        judges.Pair(question, "helpful_base", _long("alpha"), _long("beta")),
+        judges.Pair("\n\nHuman: hi?\n\nAssistant:", "helpful_base", "short one", "short two"),
+    ]
 
     hf_messages = _Records()
     hf_logger = transformers.utils.logging.get_logger("transformers")  # transformers' loggers do not propagate
@@ -83,8 +85,10 @@ def test_long_answers_are_cut_to_fit_the_context(judge, tmp_path, caplog):
 
     # The answers lost their ends; the question and the instructions are whole
     for user_prompt, (first, second) in zip(judge.user_prompts[:2], [("alpha", "beta"), ("beta", "alpha")]):
-        assert user_prompt.startswith(f"[User Question]\n{question.strip()}\n\n[The Start of Assistant A's Answer]\n"
-                                      f"{first} begins here. {first}0 {first}1")
+        assert user_prompt.startswith(
+            f"[User Question]\n{question.strip()}\n\n[The Start of Assistant A's Answer]\n"
+            f"{first} begins here. {first}0 {first}1"
+        )
         assert f"[The Start of Assistant B's Answer]\n{second} begins here. {second}0 {second}1" in user_prompt
         assert user_prompt.endswith("[The End of Assistant B's Answer]")
         assert f"{first}1499" not in user_prompt and f"{second}1499" not in user_prompt
@@ -92,8 +96,10 @@ def test_long_answers_are_cut_to_fit_the_context(judge, tmp_path, caplog):
         a = user_prompt.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
         b = user_prompt.split("[The Start of Assistant B's Answer]")[1].split("[The End")[0]
         assert abs(len(a) - len(b)) < 0.1 * len(a)
-    assert judge.user_prompts[2:] == [judges.judge_prompt(pairs[1].prompt, "short one", "short two"),
-                                      judges.judge_prompt(pairs[1].prompt, "short two", "short one")]
+    assert judge.user_prompts[2:] == [
+        judges.judge_prompt(pairs[1].prompt, "short one", "short two"),
+        judges.judge_prompt(pairs[1].prompt, "short two", "short one"),
+    ]
 
     # How many were cut is said: in the log, in each record, in the results files
     assert [r["truncated"] for r in records] == [True, True, False, False]
@@ -108,10 +114,12 @@ def test_long_answers_are_cut_to_fit_the_context(judge, tmp_path, caplog):
 
 
 def test_a_long_dialogue_loses_its_start_not_its_end(judge, tmp_path):
-    question = "\n\nHuman: " + _long("earlier", 3000) + "\n\nAssistant: Sure.\n\nHuman: And the last question?\n\n" \
-               "Assistant:"
-    records = judges.judge_pairs(judge, [judges.Pair(question, "s", _long("alpha"), _long("beta"))], tmp_path,
-                                 progress=False)
+    question = (
+        "\n\nHuman: " + _long("earlier", 3000) + "\n\nAssistant: Sure.\n\nHuman: And the last question?\n\nAssistant:"
+    )
+    records = judges.judge_pairs(
+        judge, [judges.Pair(question, "s", _long("alpha"), _long("beta"))], tmp_path, progress=False
+    )
     context = judge.model.config.max_position_embeddings
     assert all(n + MAX_NEW_TOKENS <= context for n in judge.input_lengths)
     assert [r["truncated"] for r in records] == [True, True]

@@ -18,12 +18,14 @@ def write_ranked_file(path: Path, num_rows: int = 24) -> Path:
         pair = extract_prompt(example)
         if not pair["chosen"].strip() or not pair["rejected"].strip():
             continue
-        rows.append({
-            "prompt": "\n\nHuman:" + pair["prompt"].rsplit("\n\nHuman:", 1)[-1],
-            "completions": [pair["chosen"], " I am not sure.", pair["rejected"]],
-            "scores": [1.5, 0.25 + 0.01 * index, -1.0],
-            "sources": ["dataset", "tiny-llama", "dataset"],
-        })
+        rows.append(
+            {
+                "prompt": "\n\nHuman:" + pair["prompt"].rsplit("\n\nHuman:", 1)[-1],
+                "completions": [pair["chosen"], " I am not sure.", pair["rejected"]],
+                "scores": [1.5, 0.25 + 0.01 * index, -1.0],
+                "sources": ["dataset", "tiny-llama", "dataset"],
+            }
+        )
         if len(rows) == num_rows:
             break
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))

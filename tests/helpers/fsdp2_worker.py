@@ -39,11 +39,14 @@ def main(recorded_path: str, result_path: str, head_unit: str) -> None:
     output = model(**recorded["forward_kwargs"])
     output.loss.backward()
     # full_tensor is a collective: every rank gathers, rank 0 saves
-    grads = {name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
-             for name, p in model.named_parameters()}
+    grads = {
+        name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad for name, p in model.named_parameters()
+    }
     if dist.get_rank() == 0:
-        torch.save({"loss": output.loss.detach(), "scores": output.scores, "grads": grads,
-                    "head_types": head_types}, result_path)
+        torch.save(
+            {"loss": output.loss.detach(), "scores": output.scores, "grads": grads, "head_types": head_types},
+            result_path,
+        )
     dist.destroy_process_group()
 
 

@@ -31,8 +31,9 @@ def run_launcher(command: list[str], timeout: float, cwd=None) -> subprocess.Com
     waiting for a peer would otherwise outlive the test). OMP_NUM_THREADS is left for the launcher to choose.
     """
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,28 +1,58 @@
 """The loss head computes scores from the model's own logits: every logit transform TRL handles, and a clear error
 for those it does not."""
 
-
 import pytest
 import torch
 
 
 # Never train on wrong scores: logit transforms ----------------------------------------------------------------------
 
-TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=False,
-            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TINY = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 # architecture -> (config class, model class, the config fields that transform its logits)
 LOGIT_TRANSFORMS = {
     "gemma2-softcap": ("Gemma2Config", "Gemma2ForCausalLM", dict(final_logit_softcapping=2.0)),
     "cohere-logit_scale": ("CohereConfig", "CohereForCausalLM", dict(logit_scale=0.25)),
     "granite-logits_scaling": ("GraniteConfig", "GraniteForCausalLM", dict(logits_scaling=4.0)),
-    "falcon_h1-lm_head_multiplier": ("FalconH1Config", "FalconH1ForCausalLM", dict(
-        lm_head_multiplier=3.0, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_d_state=8, mamba_n_groups=1,
-        mamba_chunk_size=16)),
+    "falcon_h1-lm_head_multiplier": (
+        "FalconH1Config",
+        "FalconH1ForCausalLM",
+        dict(
+            lm_head_multiplier=3.0,
+            mamba_d_ssm=32,
+            mamba_n_heads=4,
+            mamba_d_head=8,
+            mamba_d_state=8,
+            mamba_n_groups=1,
+            mamba_chunk_size=16,
+        ),
+    ),
     "hyperclovax-logits_scaling": ("HyperCLOVAXConfig", "HyperCLOVAXForCausalLM", dict(logits_scaling=2.5)),
-    "minicpm3-logits_scaling": ("MiniCPM3Config", "MiniCPM3ForCausalLM", dict(  # logits_scaling = 32 / 8
-        dim_model_base=8, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
-        qk_rope_head_dim=4, v_head_dim=8)),
+    "minicpm3-logits_scaling": (
+        "MiniCPM3Config",
+        "MiniCPM3ForCausalLM",
+        dict(  # logits_scaling = 32 / 8
+            dim_model_base=8,
+            num_key_value_heads=4,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=4,
+            v_head_dim=8,
+        ),
+    ),
 }
 
 
@@ -56,8 +86,16 @@ def _pro_and_reference(model, batch):
     sums = torch.zeros(layout.num_candidates).index_add(0, layout.token_candidate(), logprobs[predicts_completion])
     reference_loss, reference = ranking_loss_from_sums(sums, layout, None, 0.1, PROObjective())
     add_ranking_loss_head(model)
-    output = model(**inputs, ranking_inputs={"completion_mask": batch["completion_mask"], "layout": layout,
-                                         "rewards": None, "sft_weight": 0.1, "implementation": "torch"})
+    output = model(
+        **inputs,
+        ranking_inputs={
+            "completion_mask": batch["completion_mask"],
+            "layout": layout,
+            "rewards": None,
+            "sft_weight": 0.1,
+            "implementation": "torch",
+        },
+    )
     return output, reference_loss, reference.scores
 
 
@@ -95,8 +133,17 @@ def test_scale_and_softcap_together_match_eager_logits():
     targets = torch.randint(0, 40, (12,), generator=generator)
     layout = RankingLayout(torch.tensor([0, 3, 7, 9, 12]), torch.tensor([0, 2, 4]), torch.tensor([0, 2]))
     for scale, softcap in [(0.5, 3.0), (2.0, None)]:
-        output = ranking_loss_from_hidden(hidden, weight, bias, targets, layout, sft_weight=0.1, implementation="torch",
-                                      logit_scale=scale, final_logit_softcapping=softcap)
+        output = ranking_loss_from_hidden(
+            hidden,
+            weight,
+            bias,
+            targets,
+            layout,
+            sft_weight=0.1,
+            implementation="torch",
+            logit_scale=scale,
+            final_logit_softcapping=softcap,
+        )
         logits = (hidden @ weight.T + bias) * scale
         if softcap is not None:
             logits = softcap * torch.tanh(logits / softcap)
@@ -114,8 +161,9 @@ def test_unknown_logit_transforms_are_rejected():
 
     from trl_pro.loss_core.head import add_ranking_loss_head
 
-    recurrent_gemma = transformers.RecurrentGemmaForCausalLM(transformers.RecurrentGemmaConfig(**{
-        k: v for k, v in TINY.items() if k != "head_dim"}, logits_soft_cap=30.0))
+    recurrent_gemma = transformers.RecurrentGemmaForCausalLM(
+        transformers.RecurrentGemmaConfig(**{k: v for k, v in TINY.items() if k != "head_dim"}, logits_soft_cap=30.0)
+    )
     with pytest.raises(NotImplementedError, match="logits_soft_cap=30.0.*would differ from the model's own logits"):
         add_ranking_loss_head(recurrent_gemma)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY))

@@ -12,16 +12,31 @@ from trl_pro.trainers.pro_trainer import PROTrainer
 
 def _rows(n=6):
     """Rankings of lengths 2, 3, 4, ... with prompts of different lengths (so the plain rows repeat them unevenly)."""
-    return [{"prompt": f"Question {i}:" + " and then?" * (i % 3), "completions": [f" answer {j} of {i}" * (1 + j % 2)
-             for j in range(2 + i % 3)], "scores": [float(-j) for j in range(2 + i % 3)]} for i in range(n)]
+    return [
+        {
+            "prompt": f"Question {i}:" + " and then?" * (i % 3),
+            "completions": [f" answer {j} of {i}" * (1 + j % 2) for j in range(2 + i % 3)],
+            "scores": [float(-j) for j in range(2 + i % 3)],
+        }
+        for i in range(n)
+    ]
 
 
 def _tiny_mixtral(tokenizer, attention="sdpa"):
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           router_aux_loss_coef=0.5, max_position_embeddings=256)
+    config = MixtralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=0.5,
+        max_position_embeddings=256,
+    )
     config._attn_implementation = attention
     torch.manual_seed(0)
     return MixtralForCausalLM(config)
@@ -30,13 +45,18 @@ def _tiny_mixtral(tokenizer, attention="sdpa"):
 @pytest.mark.parametrize("shared_prompt", ["auto", False])
 def test_moe_trainer_step_logs_the_aux_loss(tokenizer, make_config, shared_prompt):
     # router_aux_loss_coef > 0 in the model config: the trainer requests the router logits
-    trainer = PROTrainer(_tiny_mixtral(tokenizer), args=make_config(max_steps=1, shared_prompt=shared_prompt),
-                         train_dataset=Dataset.from_list(_rows()), processing_class=tokenizer)
+    trainer = PROTrainer(
+        _tiny_mixtral(tokenizer),
+        args=make_config(max_steps=1, shared_prompt=shared_prompt),
+        train_dataset=Dataset.from_list(_rows()),
+        processing_class=tokenizer,
+    )
     assert trainer.aux_loss_enabled and trainer.data_collator.shared_prompt is (shared_prompt == "auto")
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
-    assert logs and all(math.isfinite(log["loss"]) and math.isfinite(log["aux_loss"]) and log["aux_loss"] > 0
-                        for log in logs)
+    assert logs and all(
+        math.isfinite(log["loss"]) and math.isfinite(log["aux_loss"]) and log["aux_loss"] > 0 for log in logs
+    )
 
 
 def _loss_and_grads(trainer, batch):
@@ -52,8 +72,12 @@ def test_shared_prompt_aux_loss_equals_the_plain_layout(tokenizer, make_config, 
     """The packed row routes every real token the plain rows route, from the same context; the plain rows route each
     prompt once per candidate, so the shared layout weighs prompt tokens by the ranking's length: same aux loss,
     same total loss, same gradients."""
-    trainer = PROTrainer(_tiny_mixtral(tokenizer, attention), args=make_config(shared_prompt="auto"),
-                         train_dataset=Dataset.from_list(_rows()), processing_class=tokenizer)
+    trainer = PROTrainer(
+        _tiny_mixtral(tokenizer, attention),
+        args=make_config(shared_prompt="auto"),
+        train_dataset=Dataset.from_list(_rows()),
+        processing_class=tokenizer,
+    )
     assert trainer.data_collator.shared_prompt
     examples = [trainer.train_dataset[i] for i in range(4)]
     shared = trainer.data_collator(examples)
@@ -63,8 +87,9 @@ def test_shared_prompt_aux_loss_equals_the_plain_layout(tokenizer, make_config, 
     shared_loss, shared_out, shared_grads = _loss_and_grads(trainer, shared)
     plain_loss, plain_out, plain_grads = _loss_and_grads(trainer, plain)
     with torch.no_grad():  # the model's own causal-LM forward on the plain rows
-        reference = trainer.model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"],
-                                  output_router_logits=True).aux_loss
+        reference = trainer.model(
+            input_ids=plain["input_ids"], attention_mask=plain["attention_mask"], output_router_logits=True
+        ).aux_loss
     assert reference > 0
     torch.testing.assert_close(plain_out.aux_loss, reference)
     torch.testing.assert_close(shared_out.aux_loss, plain_out.aux_loss, rtol=1e-5, atol=1e-6)
@@ -113,8 +138,14 @@ def test_triton_entry_says_why_it_cannot_run(monkeypatch):
 
 @pytest.mark.parametrize(
     "implementation, softcapping, expected",
-    [("trl", None, "trl"), ("torch", 30.0, "trl"), ("auto", 30.0, "trl"), ("auto", None, "fused"),
-     ("torch", None, "fused"), ("triton", None, "fused")],
+    [
+        ("trl", None, "trl"),
+        ("torch", 30.0, "trl"),
+        ("auto", 30.0, "trl"),
+        ("auto", None, "fused"),
+        ("torch", None, "fused"),
+        ("triton", None, "fused"),
+    ],
 )
 def test_dispatchers_route_each_call(monkeypatch, implementation, softcapping, expected):
     from trl_pro.data.layout import RankingLayout
@@ -125,9 +156,17 @@ def test_dispatchers_route_each_call(monkeypatch, implementation, softcapping, e
     monkeypatch.setattr(dispatch, "fused_ranking_loss", lambda *a, **k: calls.append(("fused", a, k)))
     hidden, weight, bias = torch.ones(3, 2), torch.ones(5, 2), torch.ones(5)
     layout = RankingLayout(torch.tensor([0, 1, 3]), torch.tensor([0, 2]), torch.tensor([0]))
-    dispatch.ranking_loss_from_hidden(hidden, weight, bias, torch.zeros(3, dtype=torch.long), layout, sft_weight=0.5,
-                                      implementation=implementation, logit_scale=2.0,
-                                      final_logit_softcapping=softcapping)
+    dispatch.ranking_loss_from_hidden(
+        hidden,
+        weight,
+        bias,
+        torch.zeros(3, dtype=torch.long),
+        layout,
+        sft_weight=0.5,
+        implementation=implementation,
+        logit_scale=2.0,
+        final_logit_softcapping=softcapping,
+    )
     [(name, args, kwargs)] = calls
     assert name == expected and args[4] is layout and kwargs["sft_weight"] == 0.5
     if expected == "trl":  # TRL's kernel applies the scale and the softcapping itself
@@ -149,8 +188,9 @@ def test_logit_scale_gives_the_same_loss_through_both_dispatchers():
     results = {}
     for implementation in ("torch", "trl"):
         leaves = [x.clone().requires_grad_() for x in inputs]
-        out = ranking_loss_from_hidden(*leaves, targets, layout, rewards, sft_weight=0.3, logit_scale=1.7,
-                                       implementation=implementation)
+        out = ranking_loss_from_hidden(
+            *leaves, targets, layout, rewards, sft_weight=0.3, logit_scale=1.7, implementation=implementation
+        )
         out.loss.backward()
         results[implementation] = [out.loss.detach()] + [x.grad for x in leaves]
     for fused, trl in zip(results["torch"], results["trl"]):

@@ -81,8 +81,13 @@ def run(case, implementation: str, sft_weight: float = 0.1):
     args = (leaves["hidden"], leaves["weight"], leaves["bias"], case["targets"], case["layout"], case["rewards"])
     if implementation == "fp64":
         leaves = {name: leaf.detach().double().requires_grad_() for name, leaf in leaves.items()}
-        args = (leaves["hidden"], leaves["weight"], leaves["bias"], *args[3:5],
-                None if case["rewards"] is None else case["rewards"].double())
+        args = (
+            leaves["hidden"],
+            leaves["weight"],
+            leaves["bias"],
+            *args[3:5],
+            None if case["rewards"] is None else case["rewards"].double(),
+        )
         out = eager_ranking_loss_from_hidden(*args, sft_weight=sft_weight)
     else:
         out = ranking_loss_from_hidden(*args, sft_weight=sft_weight, implementation=implementation)
@@ -96,8 +101,11 @@ def check(name: str, case, implementation: str) -> None:
     ref_loss, ref_grads = run(case, "fp64")
     assert torch.isfinite(loss), f"{name}: loss {loss}"
     loss_error = abs(loss.double() - ref_loss).item()
-    errors = {"loss_abs": loss_error, "loss_rel": loss_error / max(abs(ref_loss.item()), 1e-30),
-              "ref_loss": ref_loss.item()}
+    errors = {
+        "loss_abs": loss_error,
+        "loss_rel": loss_error / max(abs(ref_loss.item()), 1e-30),
+        "ref_loss": ref_loss.item(),
+    }
     rtol = TRL_HALF_LOSS_RTOL.get(dtype, LOSS_RTOL) if implementation == "trl" else LOSS_RTOL
     assert loss_error <= rtol * abs(ref_loss.item()) + LOSS_ATOL, f"{name}: loss {loss} vs fp64 {ref_loss}"
     for key, grad in grads.items():
@@ -131,8 +139,11 @@ def test_logits_of_1e4(implementation, dtype, sign):
 @pytest.mark.parametrize("implementation", ["torch", "trl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_completions_of_4096_tokens(implementation, dtype):
-    check(f"2 completions of 4096 tokens, {str(dtype).split('.')[-1]}", make_case([2], 4096, dtype, max_logit=30.0),
-          implementation)
+    check(
+        f"2 completions of 4096 tokens, {str(dtype).split('.')[-1]}",
+        make_case([2], 4096, dtype, max_logit=30.0),
+        implementation,
+    )
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -15,9 +15,11 @@ from trl_pro.loss_core.fused import fused_ranking_loss
 
 @pytest.fixture
 def triton_on_cpu(monkeypatch):
-    """"auto" considers Triton for CPU tensors, and no probe has run yet."""
-    entries = tuple(dataclasses.replace(entry, auto=lambda device: True) if entry.name == "triton" else entry
-                    for entry in fused.LOSS_IMPLEMENTATIONS)
+    """ "auto" considers Triton for CPU tensors, and no probe has run yet."""
+    entries = tuple(
+        dataclasses.replace(entry, auto=lambda device: True) if entry.name == "triton" else entry
+        for entry in fused.LOSS_IMPLEMENTATIONS
+    )
     monkeypatch.setattr(fused, "LOSS_IMPLEMENTATIONS", entries)
     monkeypatch.setattr(parity, "_VERDICTS", {})
 
@@ -71,8 +73,9 @@ def test_the_trainer_records_the_path_that_ran(tokenizer, tiny_model, make_confi
     from trl_pro.trainers.pro_trainer import PROTrainer
 
     rows = [{"prompt": f"Q{i}:", "completions": [" good", " bad"], "scores": [1.0, 0.0]} for i in range(4)]
-    trainer = PROTrainer(tiny_model, args=make_config(max_steps=1), train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    trainer = PROTrainer(
+        tiny_model, args=make_config(max_steps=1), train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     with caplog.at_level("INFO", logger="trl_pro.trainers.ranking_trainer"):
         trainer.train()
     assert trainer.loss_implementation_used == "torch"  # "auto" on CPU

@@ -25,12 +25,13 @@ def _hh_examples(tokenizer, max_length, max_prompt_length, lengths=(2, 4, 3)):
         completions, scores = [], []
         for j in range(n):  # rejected/chosen of consecutive rows, all answering the first row's prompt
             pair = rows[row + j]
-            completions.append(pair["chosen"][-60 - 17 * j:] if j % 2 == 0 else pair["rejected"][-40 - 11 * j:])
+            completions.append(pair["chosen"][-60 - 17 * j :] if j % 2 == 0 else pair["rejected"][-40 - 11 * j :])
             scores.append(float((7 * i + 3 * j) % 5) - 1.5)
         prompt = rows[row]["chosen"][: 300 + 150 * i]
         row += n
-        ranking = rank(to_ranking({"prompt": prompt, "completions": completions, "scores": scores}, i, "ranked", True),
-                       i, None)
+        ranking = rank(
+            to_ranking({"prompt": prompt, "completions": completions, "scores": scores}, i, "ranked", True), i, None
+        )
         tokens = tokenize_ranking(ranking, i, tokenizer, max_length, max_prompt_length)
         examples.append({**tokens, "scores": ranking["scores"], "sft_index": ranking["sft_index"]})
     return examples
@@ -47,9 +48,14 @@ def _forward(model, batch, sft_weight=0.1):
     return model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        ranking_inputs={"completion_mask": batch["completion_mask"], "segment_ids": batch.get("segment_ids"),
-                    "layout": layout, "rewards": batch["rewards"], "sft_weight": sft_weight,
-                    "implementation": "torch"},
+        ranking_inputs={
+            "completion_mask": batch["completion_mask"],
+            "segment_ids": batch.get("segment_ids"),
+            "layout": layout,
+            "rewards": batch["rewards"],
+            "sft_weight": sft_weight,
+            "implementation": "torch",
+        },
     )
 
 
@@ -67,7 +73,9 @@ def _assert_close(actual, expected, name):
 
 
 def _collate(examples, shared, pad_to_multiple_of=None):
-    return DataCollatorForRanking(pad_token_id=0, shared_prompt=shared, pad_to_multiple_of=pad_to_multiple_of)(examples)
+    return DataCollatorForRanking(pad_token_id=0, shared_prompt=shared, pad_to_multiple_of=pad_to_multiple_of)(
+        examples
+    )
 
 
 def test_packed_rows_score_the_same_tokens_from_the_same_positions(examples):
@@ -128,8 +136,13 @@ def test_block_mask_equals_the_dense_mask(examples):
 
 @pytest.mark.parametrize(
     "attention, lora, checkpointing",
-    [("sdpa", False, False), ("eager", False, False), ("sdpa", True, False), ("sdpa", False, True),
-     ("eager", True, True)],
+    [
+        ("sdpa", False, False),
+        ("eager", False, False),
+        ("sdpa", True, False),
+        ("sdpa", False, True),
+        ("eager", True, True),
+    ],
 )
 def test_shared_layout_equals_plain_layout(examples, attention, lora, checkpointing):
     model = build_tiny_llama(seed=0)
@@ -157,12 +170,30 @@ def test_shared_layout_equals_plain_layout(examples, attention, lora, checkpoint
 
 
 def _trainer(tokenizer, model, tmp_path, shared_prompt, **overrides):
-    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?",
-             "completions": [f" It is {2 * i}." + " Sure." * j for j in range(2 + i % 3)],
-             "scores": [float(-j) for j in range(2 + i % 3)]} for i in range(4)]
-    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=1e-3,
-                  bf16=False, use_cpu=True, gradient_checkpointing=False, save_strategy="no", report_to=[],
-                  disable_tqdm=True, max_length=24, max_prompt_length=8, shared_prompt=shared_prompt, logging_steps=1)
+    rows = [
+        {
+            "prompt": f"Question {i}: what is {i} plus {i}?",
+            "completions": [f" It is {2 * i}." + " Sure." * j for j in range(2 + i % 3)],
+            "scores": [float(-j) for j in range(2 + i % 3)],
+        }
+        for i in range(4)
+    ]
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        learning_rate=1e-3,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        max_length=24,
+        max_prompt_length=8,
+        shared_prompt=shared_prompt,
+        logging_steps=1,
+    )
     config = PROConfig(**{**kwargs, **overrides})
     return PROTrainer(model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
 
@@ -170,8 +201,9 @@ def _trainer(tokenizer, model, tmp_path, shared_prompt, **overrides):
 def test_trainer_step_with_shared_prompt_equals_plain(tokenizer, tmp_path):
     params = {}
     for shared in (False, True):
-        trainer = _trainer(tokenizer, build_tiny_llama(seed=0), tmp_path / str(shared), shared,
-                           gradient_checkpointing=True)
+        trainer = _trainer(
+            tokenizer, build_tiny_llama(seed=0), tmp_path / str(shared), shared, gradient_checkpointing=True
+        )
         assert trainer.data_collator.shared_prompt is shared
         trainer.train()
         params[shared] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -211,8 +243,10 @@ def _scored_hh_rows(lengths=(2, 4, 3, 3)):
     rows = load_hh_rlhf_slice("test").select(range(16))
     out, row = [], 0
     for i, n in enumerate(lengths):
-        completions = [rows[row + j]["chosen"][-60 - 17 * j:] if j % 2 == 0
-                       else rows[row + j]["rejected"][-40 - 11 * j:] for j in range(n)]
+        completions = [
+            rows[row + j]["chosen"][-60 - 17 * j :] if j % 2 == 0 else rows[row + j]["rejected"][-40 - 11 * j :]
+            for j in range(n)
+        ]
         scores = [float((7 * i + 3 * j) % 5) - 1.5 for j in range(n)]
         if n == 4:
             scores[3] = scores[1]  # a tie: RRHF forms no pair between these two
@@ -229,12 +263,21 @@ def test_rrhf_trainer_step_with_shared_prompt_equals_plain(tokenizer, make_confi
     dataset = Dataset.from_list(_scored_hh_rows())
     results = {}
     for shared in (False, True):
-        config = make_config(RRHFConfig, output_dir=str(tmp_path / str(shared)), max_steps=1, shared_prompt=shared,
-                             max_length=96, max_prompt_length=64, rrhf_weight=2.0, length_penalty=0.5,
-                             # SGD: the update is linear in the gradient the trainer applied (after clipping). AdamW's
-                             # first step, g / (|g| + eps), magnifies fp32 rounding of the few gradients near eps; a
-                             # large learning rate keeps `after - before` well above the weights' fp32 rounding
-                             optim="sgd", learning_rate=1.0)
+        config = make_config(
+            RRHFConfig,
+            output_dir=str(tmp_path / str(shared)),
+            max_steps=1,
+            shared_prompt=shared,
+            max_length=96,
+            max_prompt_length=64,
+            rrhf_weight=2.0,
+            length_penalty=0.5,
+            # SGD: the update is linear in the gradient the trainer applied (after clipping). AdamW's
+            # first step, g / (|g| + eps), magnifies fp32 rounding of the few gradients near eps; a
+            # large learning rate keeps `after - before` well above the weights' fp32 rounding
+            optim="sgd",
+            learning_rate=1.0,
+        )
         trainer = RRHFTrainer(build_tiny_llama(seed=0), args=config, train_dataset=dataset, processing_class=tokenizer)
         assert trainer.data_collator.shared_prompt is shared
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(dataset))])
@@ -251,7 +294,9 @@ def test_rrhf_trainer_step_with_shared_prompt_equals_plain(tokenizer, make_confi
         params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         results[shared] = (loss.detach(), grads, params, batch)
     (plain_loss, plain_grads, plain_params, plain), (shared_loss, shared_grads, shared_params, packed) = (
-        results[False], results[True])
+        results[False],
+        results[True],
+    )
     for key in ("token_offsets", "ranking_offsets", "rewards"):
         assert torch.equal(plain[key], packed[key]), key
     assert packed["attention_mask"].sum() < plain["attention_mask"].sum()  # the prompts really are shared

@@ -38,12 +38,17 @@ def test_no_candidate_source_is_reported_before_the_data(tmp_path, capsys):
     assert not output.exists() and not (tmp_path / "out.jsonl.parts").exists()
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--base_url", "http://127.0.0.1:9/v1", "--use_vllm"], "give one candidate source per run, got --base_url and "
-                                                            "--use_vllm"),
-    (["--base_url", "http://127.0.0.1:9/v1"], "--base_url needs --api_model"),
-    (["--use_vllm"], "--use_vllm needs --model_name_or_path"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--base_url", "http://127.0.0.1:9/v1", "--use_vllm"],
+            "give one candidate source per run, got --base_url and --use_vllm",
+        ),
+        (["--base_url", "http://127.0.0.1:9/v1"], "--base_url needs --api_model"),
+        (["--use_vllm"], "--use_vllm needs --model_name_or_path"),
+    ],
+)
 def test_bad_source_arguments_are_reported_before_the_data(tmp_path, capsys, flags, message):
     data = _small_jsonl(tmp_path / "hh.jsonl")
     line = _error_line(capsys, ["--dataset_name", str(data), "--output_path", str(tmp_path / "out.jsonl"), *flags])

@@ -14,11 +14,21 @@ from trl_pro.scripts import rank as rank_script
 from trl_pro.scripts.pro import make_parser
 
 
-PLAIN = [{"prompt": "\n\nHuman: How do I bake bread?\n\nAssistant:"}, {"prompt": "\n\nHuman: hi\n\nAssistant:"},
-         {"prompt": "\n\nHuman: What is the capital of France?\n\nAssistant:"}]
-CONVERSATIONAL = [{"prompt": [{"role": "user", "content": "Tell me a joke"}]},
-                  {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
-                              {"role": "user", "content": "How are you?"}]}]
+PLAIN = [
+    {"prompt": "\n\nHuman: How do I bake bread?\n\nAssistant:"},
+    {"prompt": "\n\nHuman: hi\n\nAssistant:"},
+    {"prompt": "\n\nHuman: What is the capital of France?\n\nAssistant:"},
+]
+CONVERSATIONAL = [
+    {"prompt": [{"role": "user", "content": "Tell me a joke"}]},
+    {
+        "prompt": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "How are you?"},
+        ]
+    },
+]
 PROMPTS = {"plain": PLAIN, "conversational": CONVERSATIONAL}
 
 
@@ -33,18 +43,47 @@ def _read(path):
 
 def _generate(data, output, policy_dir, num_generations, *extra):
     # --keep_empty: exactly k candidates per prompt, whatever the tiny random model samples
-    generate_script.cli_main([
-        "--dataset_name", str(data), "--model_name_or_path", str(policy_dir), "--dtype", "float32",
-        "--source_name", "tiny", "--num_generations", str(num_generations), "--max_completion_length", "8",
-        "--keep_empty", "true", "--output_path", str(output), "--progress", "false", *extra,
-    ])
+    generate_script.cli_main(
+        [
+            "--dataset_name",
+            str(data),
+            "--model_name_or_path",
+            str(policy_dir),
+            "--dtype",
+            "float32",
+            "--source_name",
+            "tiny",
+            "--num_generations",
+            str(num_generations),
+            "--max_completion_length",
+            "8",
+            "--keep_empty",
+            "true",
+            "--output_path",
+            str(output),
+            "--progress",
+            "false",
+            *extra,
+        ]
+    )
 
 
 def _rank(data, output, reward_model_dir, *extra):
-    rank_script.cli_main([
-        "--dataset_name", str(data), "--reward_model_name_or_path", str(reward_model_dir),
-        "--reward_prompt_format", "plain", "--output_path", str(output), "--progress", "false", *extra,
-    ])
+    rank_script.cli_main(
+        [
+            "--dataset_name",
+            str(data),
+            "--reward_model_name_or_path",
+            str(reward_model_dir),
+            "--reward_prompt_format",
+            "plain",
+            "--output_path",
+            str(output),
+            "--progress",
+            "false",
+            *extra,
+        ]
+    )
 
 
 def _error_line(capsys):
@@ -87,8 +126,9 @@ def test_rank_scores_and_sorts_the_generated_candidates(generated, tiny_reward_m
     for row, unranked in zip(rows, candidates):
         assert row["scores"] == sorted(row["scores"], reverse=True) and row["sources"] == ["tiny", "tiny"]
         assert sorted(map(json.dumps, row["completions"])) == sorted(map(json.dumps, unranked["completions"]))
-        expected = score_completions(model, tokenizer, [row["prompt"]] * 2, row["completions"], prompt_format="plain",
-                                     progress=False)
+        expected = score_completions(
+            model, tokenizer, [row["prompt"]] * 2, row["completions"], prompt_format="plain", progress=False
+        )
         assert row["scores"] == pytest.approx(expected, abs=1e-4)
 
 
@@ -126,8 +166,9 @@ def test_one_generation_per_prompt_is_not_a_ranking_until_another_run_adds_one(
 
 def test_prompt_only_rows_are_generation_input_only():
     rankings = dataset_rankings(CONVERSATIONAL, for_generation=True)
-    assert rankings == [{"prompt": row["prompt"], "completions": [], "scores": None, "sources": []}
-                        for row in CONVERSATIONAL]
+    assert rankings == [
+        {"prompt": row["prompt"], "completions": [], "scores": None, "sources": []} for row in CONVERSATIONAL
+    ]
     with pytest.raises(ValueError, match=r"Row 1, field 'prompt\[0\].content': expected a string"):
         dataset_rankings([{"prompt": "ok"}, {"prompt": [{"role": "user", "content": 3}]}], for_generation=True)
     with pytest.raises(ValueError, match="Prompt-only rows .* not rankings: a ranking needs at least 2 candidates"):
@@ -136,8 +177,20 @@ def test_prompt_only_rows_are_generation_input_only():
 
 def test_trainer_refuses_a_prompt_only_training_set_clearly(tmp_path, capsys):
     data = _jsonl(tmp_path / "prompts.jsonl", PLAIN * 4)
-    argv = ["--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", str(data), "--use_cpu", "true",
-            "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--max_steps", "1"]
+    argv = [
+        "--model_name_or_path",
+        "trl-pro/tiny-llama",
+        "--dataset_name",
+        str(data),
+        "--use_cpu",
+        "true",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
+        "--max_steps",
+        "1",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         training.train(*training.parse_args(make_parser(), argv))
     assert exit_info.value.code == 1

@@ -42,8 +42,12 @@ def test_build_rankings_merges_dedupes_caps_and_records_sources():
     rows = dataset_rankings([{"prompt": "P", "chosen": "a", "rejected": "bbb"}])
     generated = [[("cc", "m1"), ("a", "m1"), ("dddd", "m2")]]
     [row] = build_rankings(rows, generated, reward_model=length_reward, progress=False)
-    assert row == {"prompt": "P", "completions": ["dddd", "bbb", "cc", "a"], "scores": [4.0, 3.0, 2.0, 1.0],
-                   "sources": ["m2", "dataset", "m1", "dataset"]}  # the generated duplicate "a" is gone
+    assert row == {
+        "prompt": "P",
+        "completions": ["dddd", "bbb", "cc", "a"],
+        "scores": [4.0, 3.0, 2.0, 1.0],
+        "sources": ["m2", "dataset", "m1", "dataset"],
+    }  # the generated duplicate "a" is gone
     [capped] = build_rankings(rows, generated, reward_model=length_reward, max_completions=2, progress=False)
     assert capped["completions"] == ["dddd", "bbb"]
     [human] = build_rankings(rows, generated, reward_model=length_reward, rerank=False, progress=False)
@@ -83,8 +87,22 @@ def _rank(argv):
 
 def test_rank_turns_raw_pairs_into_rankings_sorted_by_the_reward_model(tiny_reward_model_dir, tmp_path):
     output = tmp_path / "ranked.jsonl.gz"
-    _rank(["--dataset_name", HH_TRAIN, "--max_rows", "12", "--reward_model_name_or_path", str(tiny_reward_model_dir),
-           "--output_path", str(output), "--shard_size", "5", "--progress", "false"])
+    _rank(
+        [
+            "--dataset_name",
+            HH_TRAIN,
+            "--max_rows",
+            "12",
+            "--reward_model_name_or_path",
+            str(tiny_reward_model_dir),
+            "--output_path",
+            str(output),
+            "--shard_size",
+            "5",
+            "--progress",
+            "false",
+        ]
+    )
     rows = _read(output)
     assert len(rows) == 12 and not Path(str(output) + ".parts").exists()
     model, tokenizer = load_reward_model(str(tiny_reward_model_dir))
@@ -100,8 +118,18 @@ def test_rank_turns_raw_pairs_into_rankings_sorted_by_the_reward_model(tiny_rewa
 
 
 def test_interrupted_rank_resumes_without_duplicates(tiny_reward_model_dir, tmp_path, monkeypatch):
-    common = ["--dataset_name", HH_TRAIN, "--max_rows", "9", "--reward_model_name_or_path",
-              str(tiny_reward_model_dir), "--shard_size", "3", "--progress", "false"]
+    common = [
+        "--dataset_name",
+        HH_TRAIN,
+        "--max_rows",
+        "9",
+        "--reward_model_name_or_path",
+        str(tiny_reward_model_dir),
+        "--shard_size",
+        "3",
+        "--progress",
+        "false",
+    ]
     reference = tmp_path / "reference.jsonl"
     _rank(common + ["--output_path", str(reference)])
 
@@ -152,9 +180,23 @@ def test_nan_reward_model_leaves_no_output_file(tiny_reward_model_dir, tmp_path)
     model.save_pretrained(tmp_path / "nan_rm")
     tokenizer.save_pretrained(tmp_path / "nan_rm")
     output = tmp_path / "ranked.jsonl"
-    with pytest.raises(ValueError, match=r"Row \d+ \(line \d+ of train.jsonl.gz\), candidate \d \(source .dataset.\): .*non-finite"):
-        _rank(["--dataset_name", HH_TRAIN, "--max_rows", "4", "--reward_model_name_or_path", str(tmp_path / "nan_rm"),
-               "--output_path", str(output), "--progress", "false"])
+    with pytest.raises(
+        ValueError, match=r"Row \d+ \(line \d+ of train.jsonl.gz\), candidate \d \(source .dataset.\): .*non-finite"
+    ):
+        _rank(
+            [
+                "--dataset_name",
+                HH_TRAIN,
+                "--max_rows",
+                "4",
+                "--reward_model_name_or_path",
+                str(tmp_path / "nan_rm"),
+                "--output_path",
+                str(output),
+                "--progress",
+                "false",
+            ]
+        )
     assert not output.exists()
 
 
@@ -162,8 +204,16 @@ def test_rank_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
     with pytest.raises(ValueError, match="--output_path must end in"):
         _rank(["--dataset_name", HH_TRAIN, "--output_path", str(tmp_path / "out.csv")])
     with pytest.raises(SystemExit) as exit_info:  # row 86 of the slice has an empty chosen response
-        rank_script.cli_main(["--dataset_name", HH_TRAIN, "--output_path", str(tmp_path / "out.jsonl"),
-                              "--reward_model_name_or_path", str(tmp_path / "none")])
+        rank_script.cli_main(
+            [
+                "--dataset_name",
+                HH_TRAIN,
+                "--output_path",
+                str(tmp_path / "out.jsonl"),
+                "--reward_model_name_or_path",
+                str(tmp_path / "none"),
+            ]
+        )
     assert exit_info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines[-1].startswith("trl-pro rank: error: Row 86 (line 87 of train.jsonl.gz), field 'chosen': empty")
@@ -176,12 +226,35 @@ def test_rank_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
 def test_rankings_recipe_end_to_end_on_cpu(tiny_policy_dir, tiny_reward_model_dir, tmp_path, caplog):
     generated = tmp_path / "hh_llm.jsonl.gz"
     with caplog.at_level(logging.WARNING):
-        generate_script.main(*generate_script.parse(generate_script.make_parser(), [
-            "--config", str(RECIPES / "generate_hh_rlhf.yaml"), "--dataset_name", HH_TRAIN, "--max_rows", "8",
-            "--model_name_or_path", str(tiny_policy_dir), "--dtype", "float32", "--source_name", "tiny",
-            "--max_completion_length", "8", "--max_prompt_length", "64", "--output_path", str(generated),
-            "--shard_size", "4", "--progress", "false",
-        ]))
+        generate_script.main(
+            *generate_script.parse(
+                generate_script.make_parser(),
+                [
+                    "--config",
+                    str(RECIPES / "generate_hh_rlhf.yaml"),
+                    "--dataset_name",
+                    HH_TRAIN,
+                    "--max_rows",
+                    "8",
+                    "--model_name_or_path",
+                    str(tiny_policy_dir),
+                    "--dtype",
+                    "float32",
+                    "--source_name",
+                    "tiny",
+                    "--max_completion_length",
+                    "8",
+                    "--max_prompt_length",
+                    "64",
+                    "--output_path",
+                    str(generated),
+                    "--shard_size",
+                    "4",
+                    "--progress",
+                    "false",
+                ],
+            )
+        )
     rows = _read(generated)
     assert len(rows) == 8
     for row in rows:
@@ -191,21 +264,70 @@ def test_rankings_recipe_end_to_end_on_cpu(tiny_policy_dir, tiny_reward_model_di
         assert "empty generations" in caplog.text
 
     ranked = tmp_path / "ranked" / "train.jsonl.gz"
-    _rank(["--config", str(RECIPES / "rank_hh_rlhf_oasst.yaml"), "--dataset_name", str(generated),
-           "--reward_model_name_or_path", str(tiny_reward_model_dir), "--reward_prompt_format", "plain",
-           "--reward_max_length", "256", "--output_path", str(ranked), "--progress", "false"])
+    _rank(
+        [
+            "--config",
+            str(RECIPES / "rank_hh_rlhf_oasst.yaml"),
+            "--dataset_name",
+            str(generated),
+            "--reward_model_name_or_path",
+            str(tiny_reward_model_dir),
+            "--reward_prompt_format",
+            "plain",
+            "--reward_max_length",
+            "256",
+            "--output_path",
+            str(ranked),
+            "--progress",
+            "false",
+        ]
+    )
     ranked_rows = _read(ranked)
     assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in ranked_rows)
     assert any(source == "tiny" for r in ranked_rows for source in r["sources"])
 
-
-    trainer = training.train(*training.parse_args(training.make_method_parser(training.PRO), [
-        "--config", str(RECIPES / "pro_hh_rlhf_rescored_llama7b_qlora.yaml"), "--dataset_name", str(ranked),
-        "--model_name_or_path", "trl-pro/tiny-llama", "--dtype", "float32", "--load_in_4bit", "false",
-        "--use_peft", "false", "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
-        "--max_steps", "2", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-        "--max_length", "128", "--max_prompt_length", "64", "--save_strategy", "no", "--logging_steps", "1",
-        "--output_dir", str(tmp_path / "pro"), "--disable_tqdm", "true",
-    ]))
+    trainer = training.train(
+        *training.parse_args(
+            training.make_method_parser(training.PRO),
+            [
+                "--config",
+                str(RECIPES / "pro_hh_rlhf_rescored_llama7b_qlora.yaml"),
+                "--dataset_name",
+                str(ranked),
+                "--model_name_or_path",
+                "trl-pro/tiny-llama",
+                "--dtype",
+                "float32",
+                "--load_in_4bit",
+                "false",
+                "--use_peft",
+                "false",
+                "--bf16",
+                "false",
+                "--use_cpu",
+                "true",
+                "--gradient_checkpointing",
+                "false",
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--gradient_accumulation_steps",
+                "1",
+                "--max_length",
+                "128",
+                "--max_prompt_length",
+                "64",
+                "--save_strategy",
+                "no",
+                "--logging_steps",
+                "1",
+                "--output_dir",
+                str(tmp_path / "pro"),
+                "--disable_tqdm",
+                "true",
+            ],
+        )
+    )
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)

@@ -32,8 +32,14 @@ from helpers.launching import kill_tree
 REPO = Path(__file__).resolve().parents[2]
 HH_TRAIN = str(REPO / "trl_pro" / "assets" / "hh_rlhf" / "train.jsonl.gz")
 TIMEOUT = 300
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "HF_DATASETS_OFFLINE": "1", "TRL_PRO_DEBUG": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRL_PRO_DEBUG": "1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +73,13 @@ class Run:
         self.log = log
         self.handle = open(log, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", f"trl_pro.scripts.{command}", *argv], cwd=REPO, env=ENV, stdin=subprocess.DEVNULL,
-            stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", f"trl_pro.scripts.{command}", *argv],
+            cwd=REPO,
+            env=ENV,
+            stdin=subprocess.DEVNULL,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.deadline = time.monotonic() + TIMEOUT
 
@@ -99,7 +110,6 @@ def wait_success(*runs: Run, watch: Callable[[], None] = lambda: None) -> list[s
     return logs
 
 
-
 def kill_midway(run: Run, started: Callable[[], bool], finished: Callable[[], bool]) -> None:
     """SIGKILL `run` as soon as `started()` (some work is on disk); fail if it ended first or if `finished()` (its
     final output is there) before the kill."""
@@ -111,8 +121,10 @@ def kill_midway(run: Run, started: Callable[[], bool], finished: Callable[[], bo
             if started():
                 break
             if ended:
-                pytest.fail(f"the run ended (status {run.process.returncode}) before any of its work was on disk:\n"
-                            f"{run.tail()}")
+                pytest.fail(
+                    f"the run ended (status {run.process.returncode}) before any of its work was on disk:\n"
+                    f"{run.tail()}"
+                )
             run.check_time()
             time.sleep(0.002)
     finally:
@@ -163,8 +175,9 @@ def _leftovers(folder: Path) -> list[str]:
 # generate and rank: shards
 
 
-def _check_sharded_resume(command: str, argv: list[str], suffix: str, num_rows: int, shard_size: int,
-                          tmp_path: Path) -> list[dict]:
+def _check_sharded_resume(
+    command: str, argv: list[str], suffix: str, num_rows: int, shard_size: int, tmp_path: Path
+) -> list[dict]:
     """Reference run and killed run side by side, then the rerun of the killed one; returns the final rows."""
     num_shards = (num_rows + shard_size - 1) // shard_size
     reference_path, output = tmp_path / "reference" / f"out{suffix}", tmp_path / "resumed" / f"out{suffix}"
@@ -205,18 +218,43 @@ def test_generate_killed_midway_resumes_to_the_uninterrupted_output(tiny_policy_
     # 64 tokens for each of 16 prompts, one prompt per generate call, 2 prompts per shard: 8 shards of about 0.15 s
     # (idle machine) after a start-up of several seconds, so the kill lands with about 1 s of work left
     num_rows, shard_size = 16, 2
-    rows = _check_sharded_resume("generate", [
-        "--dataset_name", HH_TRAIN, "--max_rows", str(num_rows), "--model_name_or_path", str(tiny_policy_dir),
-        "--dtype", "float32", "--source_name", "tiny", "--num_generations", "2", "--do_sample", "true",
-        "--seed", "3", "--max_completion_length", "64", "--generation_batch_size", "1",
-    ], ".jsonl", num_rows, shard_size, tmp_path)
+    rows = _check_sharded_resume(
+        "generate",
+        [
+            "--dataset_name",
+            HH_TRAIN,
+            "--max_rows",
+            str(num_rows),
+            "--model_name_or_path",
+            str(tiny_policy_dir),
+            "--dtype",
+            "float32",
+            "--source_name",
+            "tiny",
+            "--num_generations",
+            "2",
+            "--do_sample",
+            "true",
+            "--seed",
+            "3",
+            "--max_completion_length",
+            "64",
+            "--generation_batch_size",
+            "1",
+        ],
+        ".jsonl",
+        num_rows,
+        shard_size,
+        tmp_path,
+    )
     from trl_pro.pipeline.rankings import dataset_rankings
 
     with gzip.open(HH_TRAIN, "rt") as handle:
         inputs = dataset_rankings([json.loads(next(handle)) for _ in range(num_rows)])
     # one row per input row, in input order: the dataset's two candidates, then the generated ones
-    assert [(row["prompt"], row["completions"][:2]) for row in rows] == [(r["prompt"], r["completions"])
-                                                                         for r in inputs]
+    assert [(row["prompt"], row["completions"][:2]) for row in rows] == [
+        (r["prompt"], r["completions"]) for r in inputs
+    ]
     assert all(row["sources"][:2] == ["dataset", "dataset"] and set(row["sources"][2:]) <= {"tiny"} for row in rows)
     assert sum(len(row["sources"]) - 2 for row in rows) > 0
 
@@ -229,10 +267,23 @@ def test_rank_killed_midway_resumes_to_the_uninterrupted_output(random_reward_mo
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(pairs * 3))
     num_rows, shard_size = 240, 8
-    rows = _check_sharded_resume("rank", [
-        "--dataset_name", str(data), "--reward_model_name_or_path", str(random_reward_model_dir),
-        "--reward_prompt_format", "plain", "--reward_batch_size", "1",
-    ], ".jsonl.gz", num_rows, shard_size, tmp_path)
+    rows = _check_sharded_resume(
+        "rank",
+        [
+            "--dataset_name",
+            str(data),
+            "--reward_model_name_or_path",
+            str(random_reward_model_dir),
+            "--reward_prompt_format",
+            "plain",
+            "--reward_batch_size",
+            "1",
+        ],
+        ".jsonl.gz",
+        num_rows,
+        shard_size,
+        tmp_path,
+    )
     assert all(row["scores"] == sorted(row["scores"], reverse=True) and len(row["completions"]) == 2 for row in rows)
     assert rows[:80] == rows[80:160] == rows[160:]  # the same pair gives the same ranking in any shard
 
@@ -244,9 +295,22 @@ def test_rank_killed_midway_resumes_to_the_uninterrupted_output(random_reward_mo
 def test_eval_killed_midway_resumes_to_the_uninterrupted_results(tiny_policy_dir, random_reward_model_dir, tmp_path):
     # 16 test prompts generated 2 at a time (greedy, 64 new tokens): 8 cached batches of about 0.15 s (idle machine),
     # so the kill lands with about 1 s of generation left; then rewards and results
-    argv = ["--system", f"tiny={tiny_policy_dir}", "--max_samples", "16", "--batch_size", "2",
-            "--max_completion_length", "64", "--reward_model_name_or_path", str(random_reward_model_dir),
-            "--reward_prompt_format", "plain", "--reward_batch_size", "4"]
+    argv = [
+        "--system",
+        f"tiny={tiny_policy_dir}",
+        "--max_samples",
+        "16",
+        "--batch_size",
+        "2",
+        "--max_completion_length",
+        "64",
+        "--reward_model_name_or_path",
+        str(random_reward_model_dir),
+        "--reward_prompt_format",
+        "plain",
+        "--reward_batch_size",
+        "4",
+    ]
     reference_dir, output_dir = tmp_path / "reference", tmp_path / "resumed"
     reference = Run("eval", [*argv, "--output_dir", str(reference_dir)], tmp_path / "reference.log")
     killed = Run("eval", [*argv, "--output_dir", str(output_dir)], tmp_path / "killed.log")
@@ -256,8 +320,11 @@ def test_eval_killed_midway_resumes_to_the_uninterrupted_results(tiny_policy_dir
     def cached_lines() -> int:  # complete lines only: the last one may be cut short by the kill
         return cache.read_bytes().count(b"\n") if cache.exists() else 0
 
-    kill_midway(killed, started=lambda: cached_lines() > 0,
-                finished=lambda: any((output_dir / name).exists() for name in finals))
+    kill_midway(
+        killed,
+        started=lambda: cached_lines() > 0,
+        finished=lambda: any((output_dir / name).exists() for name in finals),
+    )
     at_kill = cached_lines()
     assert not list(output_dir.glob("cache/*.rewards.jsonl"))  # killed while generating
 
@@ -276,5 +343,6 @@ def test_eval_killed_midway_resumes_to_the_uninterrupted_results(tiny_policy_dir
     for name in ["tiny.jsonl", *(p.name for p in (reference_dir / "cache").glob("tiny.rewards.jsonl"))]:
         resumed_rows = _jsonl((output_dir / "cache" / name).read_bytes())
         assert sorted(row["prompt"] for row in resumed_rows) == sorted(prompts), name
-        assert (sorted(map(json.dumps, resumed_rows))
-                == sorted(map(json.dumps, _jsonl((reference_dir / "cache" / name).read_bytes())))), name
+        assert sorted(map(json.dumps, resumed_rows)) == sorted(
+            map(json.dumps, _jsonl((reference_dir / "cache" / name).read_bytes()))
+        ), name

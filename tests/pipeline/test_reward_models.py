@@ -20,8 +20,17 @@ from trl_pro.pipeline.reward_models import (
 
 
 def _tiny_oasst_config(**overrides):
-    kwargs = dict(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  max_position_embeddings=256, eos_token_id=2, bos_token_id=1, pad_token_id=0)
+    kwargs = dict(
+        vocab_size=2048,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=0,
+    )
     kwargs.update(overrides)
     return GPTNeoXRewardModelConfig(**kwargs)
 
@@ -54,12 +63,27 @@ def test_openassistant_checkpoint_layout_loads_without_missing_keys(tmp_path):
     """config.json keys and weight names as OpenAssistant's checkpoints (transformers 4.28) have them, including the
     legacy attention buffers, load with nothing missing."""
     config = {
-        "architectures": ["GPTNeoXRewardModel"], "model_type": "gpt_neox_reward_model", "pooling": "last",
-        "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu", "hidden_size": 32, "initializer_range": 0.02,
-        "intermediate_size": 64, "layer_norm_eps": 1e-5, "max_position_embeddings": 128, "num_attention_heads": 4,
-        "num_hidden_layers": 2, "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
-        "torch_dtype": "float16", "transformers_version": "4.28.0.dev0", "use_cache": True,
-        "use_parallel_residual": True, "vocab_size": 100,
+        "architectures": ["GPTNeoXRewardModel"],
+        "model_type": "gpt_neox_reward_model",
+        "pooling": "last",
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "hidden_act": "gelu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "layer_norm_eps": 1e-5,
+        "max_position_embeddings": 128,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 0.25,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "transformers_version": "4.28.0.dev0",
+        "use_cache": True,
+        "use_parallel_residual": True,
+        "vocab_size": 100,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded_config = AutoConfig.from_pretrained(tmp_path)
@@ -154,7 +178,7 @@ def test_batched_scores_equal_one_row_at_a_time(tiny_reward_model_dir):
     batched = score_completions(model, tokenizer, prompts, completions, batch_size=5, progress=False)
     single = score_completions(model, tokenizer, prompts, completions, batch_size=1, progress=False)
     assert batched == pytest.approx(single, abs=1e-4)
-    assert len(set(round(s, 5) for s in batched)) > 1
+    assert len({round(s, 5) for s in batched}) > 1
 
 
 def test_truncation_from_the_left_keeps_the_response(tiny_reward_model_dir):
@@ -174,8 +198,9 @@ def test_tiny_reward_model_agrees_with_human_labels_more_than_chance(tiny_reward
     model, tokenizer = load_reward_model(str(tiny_reward_model_dir))
     rows = last_exchange_pairs(load_hh_rlhf_slice("test"))  # held out: the RM trained on the train slice
     prompts = list(rows["prompt"])
-    scores = score_completions(model, tokenizer, prompts * 2, list(rows["chosen"]) + list(rows["rejected"]),
-                               batch_size=32, progress=False)
+    scores = score_completions(
+        model, tokenizer, prompts * 2, list(rows["chosen"]) + list(rows["rejected"]), batch_size=32, progress=False
+    )
     n = len(prompts)
     agreement = sum(scores[i] > scores[n + i] for i in range(n)) / n
     # 200 pairs: under chance (p = 0.5) agreement >= 0.56 has probability < 5%

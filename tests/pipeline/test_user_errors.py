@@ -27,8 +27,10 @@ def _hh_jsonl(path, count=3):
 
 def _ranked_jsonl(path, count=3):
     """Ranked rows with scores: `trl-pro rank` sorts them without a reward model."""
-    rows = [{"prompt": f"\n\nHuman: q{i}?\n\nAssistant:", "completions": [f" a{i}", f" b{i}"], "scores": [0.0, 1.0]}
-            for i in range(count)]
+    rows = [
+        {"prompt": f"\n\nHuman: q{i}?\n\nAssistant:", "completions": [f" a{i}", f" b{i}"], "scores": [0.0, 1.0]}
+        for i in range(count)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -38,8 +40,9 @@ def _resolve_model(name):
 
     from trl_pro.pipeline.models import resolve_model
 
-    return resolve_model(ModelConfig(model_name_or_path=name), SimpleNamespace(seed=0, model_init_kwargs=None,
-                                                                              trust_remote_code=False))
+    return resolve_model(
+        ModelConfig(model_name_or_path=name), SimpleNamespace(seed=0, model_init_kwargs=None, trust_remote_code=False)
+    )
 
 
 def _load_policy(name):
@@ -77,8 +80,18 @@ def test_rank_with_a_mistyped_reward_model_path_prints_one_line(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     data = _hh_jsonl(tmp_path / "hh.jsonl")
     with pytest.raises(SystemExit) as exit_info:
-        rank_script.cli_main(["--dataset_name", str(data), "--reward_model_name_or_path", MISSING,
-                              "--output_path", "out.jsonl", "--progress", "false"])
+        rank_script.cli_main(
+            [
+                "--dataset_name",
+                str(data),
+                "--reward_model_name_or_path",
+                MISSING,
+                "--output_path",
+                "out.jsonl",
+                "--progress",
+                "false",
+            ]
+        )
     assert exit_info.value.code == 1  # a runtime error, as `trl-pro pro` gives for a missing model path
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert errors == [f"trl-pro rank: error: no such folder: {MISSING} [set TRL_PRO_DEBUG=1 for the traceback]"]
@@ -102,8 +115,22 @@ def _stamp(path):
 def test_a_finished_generate_is_not_redone(tiny_policy_dir, tmp_path, monkeypatch, capsys):
     data = _hh_jsonl(tmp_path / "hh.jsonl")
     output = tmp_path / "out.jsonl"
-    argv = ["--dataset_name", str(data), "--model_name_or_path", str(tiny_policy_dir), "--num_generations", "1",
-            "--max_completion_length", "4", "--shard_size", "2", "--output_path", str(output), "--progress", "false"]
+    argv = [
+        "--dataset_name",
+        str(data),
+        "--model_name_or_path",
+        str(tiny_policy_dir),
+        "--num_generations",
+        "1",
+        "--max_completion_length",
+        "4",
+        "--shard_size",
+        "2",
+        "--output_path",
+        str(output),
+        "--progress",
+        "false",
+    ]
     generate_script.cli_main(argv)
     assert f"wrote 3 rows to {output}" in capsys.readouterr().out
     first = _stamp(output)
@@ -115,7 +142,8 @@ def test_a_finished_generate_is_not_redone(tiny_policy_dir, tmp_path, monkeypatc
         patch.setattr(generate_script, "build_source", no_model)
         generate_script.cli_main(argv)
         assert capsys.readouterr().out.strip() == (
-            f"trl-pro generate: {output} is complete (3 rows); nothing to do (--overwrite redoes it)")
+            f"trl-pro generate: {output} is complete (3 rows); nothing to do (--overwrite redoes it)"
+        )
         assert _stamp(output) == first
 
         # other settings: refused in one line, the file left as it is
@@ -140,7 +168,8 @@ def test_a_finished_rank_is_not_redone_and_a_changed_output_is_not_replaced(tmp_
     first = _stamp(output)
     rank_script.cli_main(argv)
     assert capsys.readouterr().out.strip() == (
-        f"trl-pro rank: {output} is complete (3 rows); nothing to do (--overwrite redoes it)")
+        f"trl-pro rank: {output} is complete (3 rows); nothing to do (--overwrite redoes it)"
+    )
     assert _stamp(output) == first
 
     output.write_bytes(gzip.compress(b'{"edited": true}\n'))  # changed after the run: not the run's output any more

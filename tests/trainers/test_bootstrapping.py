@@ -22,9 +22,16 @@ def test_config_needs_a_reward_model(tmp_path):
 
 
 def _bootstrap_config(make_config, reward_model_dir, **overrides):
-    kwargs = dict(bootstrap_rounds=2, bootstrap_reward_model_name_or_path=str(reward_model_dir),
-                  bootstrap_reward_prompt_format="plain", bootstrap_max_completion_length=8,
-                  bootstrap_temperature=1.0, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=4)
+    kwargs = dict(
+        bootstrap_rounds=2,
+        bootstrap_reward_model_name_or_path=str(reward_model_dir),
+        bootstrap_reward_prompt_format="plain",
+        bootstrap_max_completion_length=8,
+        bootstrap_temperature=1.0,
+        max_steps=-1,
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+    )
     kwargs.update(overrides)
     return make_config(**kwargs)
 
@@ -60,11 +67,20 @@ def test_bootstrap_rounds_sample_score_insert_and_train(make_config, tiny_reward
 def test_bootstrap_with_peft_and_gradient_checkpointing(make_config, tiny_reward_model_dir, tokenizer, rows):
     from peft import LoraConfig
 
-    args = _bootstrap_config(make_config, tiny_reward_model_dir, gradient_checkpointing=True,
-                             bootstrap_keep_top1=False, bootstrap_num_generations=2)
-    trainer = PROTrainer(model=build_tiny_llama(seed=0), args=args, train_dataset=rows.select(range(8)),
-                         processing_class=tokenizer,
-                         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    args = _bootstrap_config(
+        make_config,
+        tiny_reward_model_dir,
+        gradient_checkpointing=True,
+        bootstrap_keep_top1=False,
+        bootstrap_num_generations=2,
+    )
+    trainer = PROTrainer(
+        model=build_tiny_llama(seed=0),
+        args=args,
+        train_dataset=rows.select(range(8)),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     trainer.train()
     assert trainer.model.base_model.model.is_gradient_checkpointing  # switched off for generate only
     assert len(trainer.bootstrap_history) == 2
@@ -74,8 +90,15 @@ def test_bootstrap_with_peft_and_gradient_checkpointing(make_config, tiny_reward
 
 
 def _bootstrap_run(make_config, reward_model_dir, tokenizer, rows, output_dir, resume=None, **overrides):
-    args = _bootstrap_config(make_config, reward_model_dir, output_dir=str(output_dir), save_strategy="steps",
-                             save_steps=1, seed=3, **overrides)
+    args = _bootstrap_config(
+        make_config,
+        reward_model_dir,
+        output_dir=str(output_dir),
+        save_strategy="steps",
+        save_steps=1,
+        seed=3,
+        **overrides,
+    )
     trainer = PROTrainer(model=build_tiny_llama(seed=0), args=args, train_dataset=rows, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
@@ -127,7 +150,9 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
     resumed = _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, cut, resume=True, **plain)
 
     assert [r["round"] for r in resumed.bootstrap_history] == [1, 2]
-    assert (round_2 / "rankings.jsonl").read_text() == (round_dir(tmp_path / "whole", 2) / "rankings.jsonl").read_text()
+    assert (round_2 / "rankings.jsonl").read_text() == (
+        round_dir(tmp_path / "whole", 2) / "rankings.jsonl"
+    ).read_text()
     final_whole = round_dir(tmp_path / "whole", 2) / "checkpoint-4"
     final_cut = round_2 / "checkpoint-4"
     for name, tensor in load_file(final_whole / "model.safetensors").items():
@@ -152,28 +177,70 @@ def test_bootstrap_recipe_end_to_end_on_cpu(tiny_reward_model_dir, rows, tmp_pat
     """recipes/pro/hh_rlhf_bootstrap_llama7b_qlora.yaml with the tiny models: 4 rounds on 16 rows, 1 step each."""
     from pathlib import Path
 
-
     data = tmp_path / "train.jsonl"
     rows.to_json(data)
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "pro" / "hh_rlhf_bootstrap_llama7b_qlora.yaml"
-    trainer = training.train(*training.parse_args(training.make_method_parser(training.PRO), [
-        "--config", str(recipe), "--dataset_name", str(data), "--model_name_or_path", "trl-pro/tiny-llama",
-        "--dtype", "float32", "--load_in_4bit", "false", "--lora_target_modules", "q_proj", "v_proj",
-        "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
-        "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir),
-        "--bootstrap_reward_prompt_format", "plain", "--bootstrap_max_completion_length", "8",
-        "--max_steps", "1", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-        "--max_length", "128", "--max_prompt_length", "64", "--logging_steps", "1", "--eval_strategy", "no",
-        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true", "--dataset_num_proc", "1",
-    ]))
+    trainer = training.train(
+        *training.parse_args(
+            training.make_method_parser(training.PRO),
+            [
+                "--config",
+                str(recipe),
+                "--dataset_name",
+                str(data),
+                "--model_name_or_path",
+                "trl-pro/tiny-llama",
+                "--dtype",
+                "float32",
+                "--load_in_4bit",
+                "false",
+                "--lora_target_modules",
+                "q_proj",
+                "v_proj",
+                "--bf16",
+                "false",
+                "--use_cpu",
+                "true",
+                "--gradient_checkpointing",
+                "false",
+                "--bootstrap_reward_model_name_or_path",
+                str(tiny_reward_model_dir),
+                "--bootstrap_reward_prompt_format",
+                "plain",
+                "--bootstrap_max_completion_length",
+                "8",
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "4",
+                "--gradient_accumulation_steps",
+                "1",
+                "--max_length",
+                "128",
+                "--max_prompt_length",
+                "64",
+                "--logging_steps",
+                "1",
+                "--eval_strategy",
+                "no",
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--disable_tqdm",
+                "true",
+                "--dataset_num_proc",
+                "1",
+            ],
+        )
+    )
     assert [record["round"] for record in trainer.bootstrap_history] == [1, 2, 3, 4]
     assert all(record["rows"] == 4 and record["samples_asked"] == 4 for record in trainer.bootstrap_history)
     assert all((tmp_path / "out" / f"bootstrap-round-{i}" / "round_complete.json").is_file() for i in range(1, 5))
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()  # QLoRA's adapter (here LoRA on fp32)
 
 
-def test_a_new_run_replaces_the_round_folders_of_an_earlier_one(make_config, tiny_reward_model_dir, tokenizer, rows,
-                                                                 tmp_path):
+def test_a_new_run_replaces_the_round_folders_of_an_earlier_one(
+    make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path
+):
     """Stale checkpoints of an earlier, longer run in the same output_dir would be taken for the new run's by a
     resume: a round that starts afresh replaces its folder."""
     from trl_pro.trainers.bootstrapping import bootstrap_resume_point, round_dir
@@ -183,24 +250,46 @@ def test_a_new_run_replaces_the_round_folders_of_an_earlier_one(make_config, tin
     _bootstrap_run(make_config, tiny_reward_model_dir, tokenizer, rows, tmp_path / "run")
     for number in (1, 2):
         assert sorted(p.name for p in round_dir(tmp_path / "run", number).glob("checkpoint-*")) == [
-            f"checkpoint-{2 * number - 1}", f"checkpoint-{2 * number}"]
+            f"checkpoint-{2 * number - 1}",
+            f"checkpoint-{2 * number}",
+        ]
     assert bootstrap_resume_point(tmp_path / "run", 2) == (2, None)
 
 
-@pytest.mark.parametrize("resume, message", [
-    ("true", "no self-bootstrapping round with a complete checkpoint in"),
-    ("out/checkpoint-2", "with self-bootstrapping pass `true`"),
-])
+@pytest.mark.parametrize(
+    "resume, message",
+    [
+        ("true", "no self-bootstrapping round with a complete checkpoint in"),
+        ("out/checkpoint-2", "with self-bootstrapping pass `true`"),
+    ],
+)
 def test_cli_resume_errors_are_one_line(tiny_reward_model_dir, rows, tmp_path, capsys, resume, message):
 
     data = tmp_path / "train.jsonl"
     rows.to_json(data)
     with pytest.raises(SystemExit) as exit_info:
-        training.cli_main([
-            "--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", str(data), "--use_cpu", "true",
-            "--bf16", "false", "--bootstrap_rounds", "2", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
-            "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir), "--resume_from_checkpoint", resume,
-        ])
+        training.cli_main(
+            [
+                "--model_name_or_path",
+                "trl-pro/tiny-llama",
+                "--dataset_name",
+                str(data),
+                "--use_cpu",
+                "true",
+                "--bf16",
+                "false",
+                "--bootstrap_rounds",
+                "2",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--bootstrap_reward_model_name_or_path",
+                str(tiny_reward_model_dir),
+                "--resume_from_checkpoint",
+                resume,
+            ]
+        )
     assert exit_info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trl-pro")]
     assert len(lines) == 1 and lines[0].startswith("trl-pro pro: error:") and message in lines[0]

@@ -10,22 +10,29 @@ def _rows(n, flip=False):
     rows = []
     for i in range(n):
         completions = [f" a good answer {i}", f" bad {i}", f" worse {i} !"]
-        rows.append({"prompt": f"Question {i}:", "completions": completions[::-1] if flip else completions,
-                     "scores": [3.0, 2.0, 1.0]})
+        rows.append(
+            {
+                "prompt": f"Question {i}:",
+                "completions": completions[::-1] if flip else completions,
+                "scores": [3.0, 2.0, 1.0],
+            }
+        )
     return rows
 
 
 def test_ranking_metrics_take_the_metric_key_prefix(tokenizer, tiny_model, make_config):
-    trainer = PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(_rows(4)),
-                         processing_class=tokenizer)
+    trainer = PROTrainer(
+        tiny_model, args=make_config(), train_dataset=Dataset.from_list(_rows(4)), processing_class=tokenizer
+    )
     metrics = trainer.evaluate(Dataset.from_list(_rows(4)), metric_key_prefix="test")
     assert "test_loss" in metrics and "test_ranking/pairwise_accuracy" in metrics
     assert not any(key.startswith("eval_") for key in metrics)
 
 
 def test_each_eval_dataset_of_a_dict_keeps_its_own_ranking_metrics(tokenizer, tiny_model, make_config):
-    trainer = PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(_rows(4)),
-                         processing_class=tokenizer)
+    trainer = PROTrainer(
+        tiny_model, args=make_config(), train_dataset=Dataset.from_list(_rows(4)), processing_class=tokenizer
+    )
     # The same candidates in reverse order: every pairwise judgment flips, so the two accuracies sum to 1
     metrics = trainer.evaluate({"ordered": Dataset.from_list(_rows(4)), "reversed": Dataset.from_list(_rows(4, True))})
     ordered = metrics["eval_ordered_ranking/pairwise_accuracy"]

@@ -26,8 +26,9 @@ def test_fsdp2_sharded_model_matches_unsharded(head_unit, head_type, tokenizer, 
         {"prompt": "Q: name a fruit.\nA:", "completions": [" apple", " a red car", " no"], "scores": [2.0, 0.5, -1.0]},
         {"prompt": "Q: two plus two?\nA:", "completions": [" four", " five"], "scores": [1.0, 0.0]},
     ]
-    trainer = PROTrainer(build_tiny_llama(0), args=make_config(), train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    trainer = PROTrainer(
+        build_tiny_llama(0), args=make_config(), train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     recorded = {}
     patched_forward = trainer.model.forward
 
@@ -45,9 +46,24 @@ def test_fsdp2_sharded_model_matches_unsharded(head_unit, head_type, tokenizer, 
     with socket.socket() as free:  # a free local port for the ranks' rendezvous
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    run_launcher([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(port), str(WORKER), str(tmp_path / "recorded.pt"), str(tmp_path / "result.pt"),
-                  head_unit], timeout=180)
+    run_launcher(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(WORKER),
+            str(tmp_path / "recorded.pt"),
+            str(tmp_path / "result.pt"),
+            head_unit,
+        ],
+        timeout=180,
+    )
 
     result = torch.load(tmp_path / "result.pt", weights_only=False)
     assert result["head_types"] == [head_type]

@@ -13,11 +13,42 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = [
-    "--model_name_or_path", "trl-pro/tiny-llama", "--dataset_name", "trl_pro/assets/hh_rlhf", "--drop_invalid_rows",
-    "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--max_length", "128",
-    "--max_prompt_length", "96", "--learning_rate", "1e-3", "--max_steps", "4", "--logging_steps", "1",
-    "--save_strategy", "steps", "--save_steps", "4", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
-    "--no_eval_before_training", "--per_device_eval_batch_size", "4", "--ddp_find_unused_parameters", "false",
+    "--model_name_or_path",
+    "trl-pro/tiny-llama",
+    "--dataset_name",
+    "trl_pro/assets/hh_rlhf",
+    "--drop_invalid_rows",
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--gradient_checkpointing",
+    "false",
+    "--max_length",
+    "128",
+    "--max_prompt_length",
+    "96",
+    "--learning_rate",
+    "1e-3",
+    "--max_steps",
+    "4",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "4",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--seed",
+    "0",
+    "--no_eval_before_training",
+    "--per_device_eval_batch_size",
+    "4",
+    "--ddp_find_unused_parameters",
+    "false",
 ]
 # Both layouts. The shared-prompt layout is compared under SGD: its 4D-mask attention sums in another order than the
 # plain layout's, and Adam's g / sqrt(v) turns rounding-level gradient differences on near-zero embedding gradients
@@ -40,7 +71,9 @@ def _losses(out: Path) -> list[float]:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_two_cpu_processes_match_one_process_with_double_batch(tmp_path, layout):
-    two = _train(tmp_path / "two", *LAYOUTS[layout], "--cpu", "--num_processes", "2", "--per_device_train_batch_size", "2")
+    two = _train(
+        tmp_path / "two", *LAYOUTS[layout], "--cpu", "--num_processes", "2", "--per_device_train_batch_size", "2"
+    )
     _train(tmp_path / "one", *LAYOUTS[layout], "--per_device_train_batch_size", "4")
 
     # really two processes: with a per-device batch of 2, one step covers 4 of the 1196 rows only if there are two
@@ -75,10 +108,30 @@ def test_self_bootstrapping_on_two_processes(tmp_path, tiny_reward_model_dir):
     rows = load_hh_rlhf_slice("train").select(range(16))
     rows.to_json(tmp_path / "train.jsonl")
     out = tmp_path / "bootstrap"
-    _train(out, "--dataset_name", str(tmp_path / "train.jsonl"), "--cpu", "--num_processes", "2",
-           "--per_device_train_batch_size", "2", "--max_steps", "-1", "--num_train_epochs", "1", "--save_steps", "1",
-           "--bootstrap_rounds", "2", "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir),
-           "--bootstrap_reward_prompt_format", "plain", "--bootstrap_max_completion_length", "8")
+    _train(
+        out,
+        "--dataset_name",
+        str(tmp_path / "train.jsonl"),
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "-1",
+        "--num_train_epochs",
+        "1",
+        "--save_steps",
+        "1",
+        "--bootstrap_rounds",
+        "2",
+        "--bootstrap_reward_model_name_or_path",
+        str(tiny_reward_model_dir),
+        "--bootstrap_reward_prompt_format",
+        "plain",
+        "--bootstrap_max_completion_length",
+        "8",
+    )
 
     for number in (1, 2):
         folder = round_dir(out, number)

@@ -26,13 +26,43 @@ from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 QLORA_FLAGS = [
-    "--load_in_4bit", "--bnb_4bit_quant_type", "nf4", "--use_bnb_nested_quant", "--dtype", "bfloat16",
-    "--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "all-linear",
+    "--load_in_4bit",
+    "--bnb_4bit_quant_type",
+    "nf4",
+    "--use_bnb_nested_quant",
+    "--dtype",
+    "bfloat16",
+    "--use_peft",
+    "--lora_r",
+    "8",
+    "--lora_alpha",
+    "16",
+    "--lora_target_modules",
+    "all-linear",
 ]
 TRAIN_FLAGS = [
-    "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "true", "--learning_rate", "1e-3",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--max_length", "64",
-    "--max_prompt_length", "32", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no",
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--gradient_checkpointing",
+    "true",
+    "--learning_rate",
+    "1e-3",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--max_length",
+    "64",
+    "--max_prompt_length",
+    "32",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--save_strategy",
+    "no",
 ]
 
 
@@ -68,7 +98,9 @@ def ranked_dir(tmp_path_factory):
 
 def _bnb_4bit_config():
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
 
@@ -88,9 +120,21 @@ def test_bitsandbytes_cpu_backend_quantizes(tiny_dir):
 def test_qlora_trainer_setup(tiny_dir, ranked_dir, tmp_path):
     """What the script builds: 4-bit base, bf16 LoRA adapters only, frozen unquantized LM head, gradient
     checkpointing with input gradients, and 4-bit layers that stay trainable after an evaluation."""
-    argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), *QLORA_FLAGS, *TRAIN_FLAGS,
-            "--max_steps", "2", "--output_dir", str(tmp_path / "out")]
-    trainer, eval_dataset = training.build_trainer(*training.parse_args(training.make_method_parser(training.PRO), argv))
+    argv = [
+        "--model_name_or_path",
+        str(tiny_dir),
+        "--dataset_name",
+        str(ranked_dir),
+        *QLORA_FLAGS,
+        *TRAIN_FLAGS,
+        "--max_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    trainer, eval_dataset = training.build_trainer(
+        *training.parse_args(training.make_method_parser(training.PRO), argv)
+    )
     assert eval_dataset is not None
     model = trainer.model
     base = model.get_base_model()
@@ -120,15 +164,35 @@ def test_qlora_trainer_setup(tiny_dir, ranked_dir, tmp_path):
 
 
 def test_lora_on_lm_head_is_rejected(tiny_dir, ranked_dir, tmp_path):
-    argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), *QLORA_FLAGS[:-1],
-            "q_proj", "lm_head", *TRAIN_FLAGS, "--max_steps", "1", "--output_dir", str(tmp_path / "out")]
+    argv = [
+        "--model_name_or_path",
+        str(tiny_dir),
+        "--dataset_name",
+        str(ranked_dir),
+        *QLORA_FLAGS[:-1],
+        "q_proj",
+        "lm_head",
+        *TRAIN_FLAGS,
+        "--max_steps",
+        "1",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     with pytest.raises(ValueError, match="lm_head"):
         training.build_trainer(*training.parse_args(training.make_method_parser(training.PRO), argv))
 
 
 def test_4bit_needs_peft(tiny_dir, ranked_dir, tmp_path):
-    argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), "--load_in_4bit",
-            *TRAIN_FLAGS, "--output_dir", str(tmp_path / "out")]
+    argv = [
+        "--model_name_or_path",
+        str(tiny_dir),
+        "--dataset_name",
+        str(ranked_dir),
+        "--load_in_4bit",
+        *TRAIN_FLAGS,
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     with pytest.raises(SetupError, match="use_peft"):
         training.build_trainer(*training.parse_args(training.make_method_parser(training.PRO), argv))
 
@@ -136,9 +200,27 @@ def test_4bit_needs_peft(tiny_dir, ranked_dir, tmp_path):
 def test_qlora_cli_end_to_end_and_adapter_reloads(tiny_dir, ranked_dir, tmp_path):
     out = tmp_path / "qlora"
     result = subprocess.run(
-        ["trl-pro", "pro", "--model_name_or_path", str(tiny_dir), "--dataset_name", str(ranked_dir), *QLORA_FLAGS,
-         *TRAIN_FLAGS, "--max_steps", "3", "--logging_steps", "1", "--output_dir", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ),
+        [
+            "trl-pro",
+            "pro",
+            "--model_name_or_path",
+            str(tiny_dir),
+            "--dataset_name",
+            str(ranked_dir),
+            *QLORA_FLAGS,
+            *TRAIN_FLAGS,
+            "--max_steps",
+            "3",
+            "--logging_steps",
+            "1",
+            "--output_dir",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LoRA adapter saved to" in result.stdout and "before -> after training" in result.stdout
@@ -164,9 +246,19 @@ def test_qlora_cli_end_to_end_and_adapter_reloads(tiny_dir, ranked_dir, tmp_path
 
 def test_builtin_tiny_llama_in_4bit(ranked_dir, tmp_path):
     """`trl-pro/tiny-llama` with --load_in_4bit: saved to a temporary folder, then loaded quantized."""
-    argv = ["--model_name_or_path", TINY_LLAMA, "--dataset_name", str(ranked_dir), *QLORA_FLAGS, *TRAIN_FLAGS,
-            "--output_dir", str(tmp_path / "out")]
-    script_args, training_args, model_args, dataset_args = training.parse_args(training.make_method_parser(training.PRO), argv)
+    argv = [
+        "--model_name_or_path",
+        TINY_LLAMA,
+        "--dataset_name",
+        str(ranked_dir),
+        *QLORA_FLAGS,
+        *TRAIN_FLAGS,
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    script_args, training_args, model_args, dataset_args = training.parse_args(
+        training.make_method_parser(training.PRO), argv
+    )
     model, tokenizer, quantization, peft = resolve_model(model_args, training_args)
     assert isinstance(model, str) and Path(model, "config.json").is_file() and len(tokenizer) == 2048
     assert quantization.load_in_4bit and peft is not None

@@ -17,19 +17,29 @@ def scored_rows(n=6):
     rows = []
     for i in range(n):
         length = 2 + i % 3
-        rows.append({"prompt": f"Question {i}:", "completions": [f" answer {j} of {i}" for j in range(length)],
-                     "scores": [float(length - j) for j in range(length)]})
+        rows.append(
+            {
+                "prompt": f"Question {i}:",
+                "completions": [f" answer {j} of {i}" for j in range(length)],
+                "scores": [float(length - j) for j in range(length)],
+            }
+        )
     return rows
 
 
 # Filtered and re-selected datasets ----------------------------------------------------------------------------------
 
+
 def test_drop_invalid_rows_with_scored_data_reads_the_filtered_rows(tokenizer, tiny_model, make_config):
     rows = scored_rows(6)
     rows[1]["completions"][0] = "   "  # empty completion: invalid
     rows[1]["scores"] = [5.0, 5.0, 5.0]  # and all tied: read through a stale table, the tie warning would count it
-    trainer = PROTrainer(tiny_model, args=make_config(drop_invalid_rows=True, max_steps=1),
-                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = PROTrainer(
+        tiny_model,
+        args=make_config(drop_invalid_rows=True, max_steps=1),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
     assert len(trainer.train_dataset) == 5
     assert [len(row["completion_ids"]) for row in trainer.train_dataset] == [2, 4, 2, 3, 4]
     trainer.train()
@@ -38,8 +48,9 @@ def test_drop_invalid_rows_with_scored_data_reads_the_filtered_rows(tokenizer, t
 
 def test_prepared_dataset_after_select_reads_the_selected_rows(tokenizer, tiny_model, make_config):
     # A prepared dataset passed back in (e.g. a `select`ed eval split) is read through its indices mapping too
-    trainer = PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(scored_rows(6)),
-                         processing_class=tokenizer)
+    trainer = PROTrainer(
+        tiny_model, args=make_config(), train_dataset=Dataset.from_list(scored_rows(6)), processing_class=tokenizer
+    )
     trainer._longest_ranking = 0
     trainer._note_ranking_lengths(trainer.train_dataset.select([0, 3]))  # rankings of 2 only
     assert trainer._longest_ranking == 2
@@ -47,13 +58,24 @@ def test_prepared_dataset_after_select_reads_the_selected_rows(tokenizer, tiny_m
 
 # Gradient accumulation ----------------------------------------------------------------------------------------------
 
+
 def _one_sgd_step(tokenizer, make_config, **overrides):
     from trl_pro.assets import build_tiny_llama
 
-    config = make_config(max_steps=1, optim="sgd", learning_rate=0.1, lr_scheduler_type="constant",
-                         train_sampling_strategy="sequential", **overrides)
-    trainer = PROTrainer(build_tiny_llama(seed=0), args=config, train_dataset=Dataset.from_list(scored_rows(6)),
-                         processing_class=tokenizer)
+    config = make_config(
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        train_sampling_strategy="sequential",
+        **overrides,
+    )
+    trainer = PROTrainer(
+        build_tiny_llama(seed=0),
+        args=config,
+        train_dataset=Dataset.from_list(scored_rows(6)),
+        processing_class=tokenizer,
+    )
     trainer.train()
     loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
     return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}, loss
@@ -62,14 +84,16 @@ def _one_sgd_step(tokenizer, make_config, **overrides):
 def test_gradient_accumulation_weighs_every_prompt_of_the_step_equally(tokenizer, make_config, layout):
     """Batch 6 in one step == micro-batches of 4 and 2 (rankings of lengths 2-4) accumulated: same SGD update."""
     full, full_loss = _one_sgd_step(tokenizer, make_config, per_device_train_batch_size=6, shared_prompt=layout)
-    accumulated, accumulated_loss = _one_sgd_step(tokenizer, make_config, per_device_train_batch_size=4,
-                                                  gradient_accumulation_steps=2, shared_prompt=layout)
+    accumulated, accumulated_loss = _one_sgd_step(
+        tokenizer, make_config, per_device_train_batch_size=4, gradient_accumulation_steps=2, shared_prompt=layout
+    )
     assert accumulated_loss == pytest.approx(full_loss, rel=1e-5)  # the logged loss is the step's per-prompt mean
     for name in full:
         torch.testing.assert_close(accumulated[name], full[name], rtol=0, atol=1e-5, msg=name)
 
 
 # compute_metrics ----------------------------------------------------------------------------------------------------
+
 
 def _user_ranking_metrics(prediction):
     """What a user writes: metrics of their own from the scores and reference ranks, -100 marking padding."""
@@ -78,32 +102,47 @@ def _user_ranking_metrics(prediction):
     assert torch.all(scores[~mask] == -100)
     others = scores[:, 1:].masked_fill(~mask[:, 1:], float("-inf"))
     best = ranks[:, 0] == 0
-    return {"my_top1": (scores[:, 0] > others.amax(dim=1)).float().mean().item(), "num_prompts": len(scores),
-            "all_ranked_first_is_best": bool(best.all()), "max_rank": int(ranks.max())}
+    return {
+        "my_top1": (scores[:, 0] > others.amax(dim=1)).float().mean().item(),
+        "num_prompts": len(scores),
+        "all_ranked_first_is_best": bool(best.all()),
+        "max_rank": int(ranks.max()),
+    }
 
 
 def test_compute_metrics_gets_scores_and_reference_ranks(tokenizer, tiny_model, make_config):
     rows = scored_rows(7)  # 7 prompts in batches of 4 and 3, rankings of 2 to 4 candidates
     rows[2]["scores"] = [3.0, 3.0, 1.0, 0.0]  # a tie at the top: candidates 0 and 1 share rank 0
-    trainer = PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(rows),
-                         eval_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         compute_metrics=_user_ranking_metrics)
+    trainer = PROTrainer(
+        tiny_model,
+        args=make_config(),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        compute_metrics=_user_ranking_metrics,
+    )
     metrics = trainer.evaluate()
     assert metrics["eval_num_prompts"] == 7 and metrics["eval_max_rank"] == 3
     assert metrics["eval_all_ranked_first_is_best"]
     assert metrics["eval_my_top1"] == pytest.approx(metrics["eval_ranking/top1_accuracy"])
     _, scores, ranks = trainer.prediction_step(
-        trainer.model, trainer.data_collator([trainer.eval_dataset[2]]), prediction_loss_only=False)
+        trainer.model, trainer.data_collator([trainer.eval_dataset[2]]), prediction_loss_only=False
+    )
     assert ranks.tolist() == [[0, 0, 2, 3]] and scores.dtype == torch.float32
 
 
 # Metrics gathered over prompts and processes ------------------------------------------------------------------------
 
+
 def test_eval_metrics_are_means_over_prompts_for_a_partial_last_batch(tokenizer, tiny_model, make_config, layout):
     rows = scored_rows(5)  # eval batches of 2, 2 and 1 prompts
-    trainer = PROTrainer(tiny_model, args=make_config(per_device_eval_batch_size=2, shared_prompt=layout),
-                         train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    trainer = PROTrainer(
+        tiny_model,
+        args=make_config(per_device_eval_batch_size=2, shared_prompt=layout),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
     metrics = trainer.evaluate()
     trainer.model.eval()
     losses, best_scores, sft = [], [], []
@@ -135,32 +174,70 @@ def test_eval_metrics_on_two_processes_count_every_prompt_once(tokenizer, tiny_m
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     worker = Path(__file__).resolve().parents[1] / "helpers" / "eval_worker.py"
-    run_launcher([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                  "127.0.0.1", "--master_port", str(port), str(worker), str(tmp_path / "rows.json"),
-                  str(tmp_path / "result.json"), str(tmp_path / "two")], timeout=240)
+    run_launcher(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(worker),
+            str(tmp_path / "rows.json"),
+            str(tmp_path / "result.json"),
+            str(tmp_path / "two"),
+        ],
+        timeout=240,
+    )
     two = json.loads((tmp_path / "result.json").read_text())
 
     sys.path.insert(0, str(worker.parent))
     from helpers.eval_worker import top1_and_count
 
-    trainer = PROTrainer(tiny_model, args=make_config(per_device_eval_batch_size=2),
-                         train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, compute_metrics=top1_and_count)
+    trainer = PROTrainer(
+        tiny_model,
+        args=make_config(per_device_eval_batch_size=2),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        compute_metrics=top1_and_count,
+    )
     one = trainer.evaluate()
     assert two["num_processes"] == 2 and two["eval_num_prompts"] == one["eval_num_prompts"] == 5
-    for key in ("eval_loss", "eval_ranking/top1_accuracy", "eval_ranking/pairwise_accuracy", "eval_scores/rank_1",
-                "eval_scores/rank_4", "eval_loss/rank_1", "eval_loss/sft", "eval_my_top1"):
+    for key in (
+        "eval_loss",
+        "eval_ranking/top1_accuracy",
+        "eval_ranking/pairwise_accuracy",
+        "eval_scores/rank_1",
+        "eval_scores/rank_4",
+        "eval_loss/rank_1",
+        "eval_loss/sft",
+        "eval_my_top1",
+    ):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
 
 
 # MoE, vision data, ZeRO-3 + PEFT ------------------------------------------------------------------------------------
 
+
 def _tiny_mixtral(tokenizer, router_aux_loss_coef=0.5):
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           router_aux_loss_coef=router_aux_loss_coef, max_position_embeddings=256)
+    config = MixtralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=router_aux_loss_coef,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     return MixtralForCausalLM(config)
 
@@ -169,15 +246,20 @@ def test_moe_router_aux_loss_is_added_and_logged(tokenizer, make_config):
     model = _tiny_mixtral(tokenizer)
     # The reference is the model's own forward on one row per candidate: the plain layout (the default layout's aux
     # loss equals it: tests/loss_core/test_moe_and_dispatch.py)
-    trainer = PROTrainer(model, args=make_config(max_steps=1, shared_prompt=False),
-                         train_dataset=Dataset.from_list(scored_rows(6)), processing_class=tokenizer)
+    trainer = PROTrainer(
+        model,
+        args=make_config(max_steps=1, shared_prompt=False),
+        train_dataset=Dataset.from_list(scored_rows(6)),
+        processing_class=tokenizer,
+    )
     assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.5  # the model config's coefficient
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():
         loss, output = trainer.compute_loss(trainer.model, batch, return_outputs=True)
         # The model's own causal-LM forward computes the same load-balancing loss
-        reference = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  output_router_logits=True).aux_loss
+        reference = trainer.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_router_logits=True
+        ).aux_loss
     assert reference > 0
     torch.testing.assert_close(output.aux_loss, reference)
     torch.testing.assert_close(loss, output.loss + 0.5 * reference)
@@ -186,14 +268,22 @@ def test_moe_router_aux_loss_is_added_and_logged(tokenizer, make_config):
     assert logs and all(math.isfinite(log["aux_loss"]) and log["aux_loss"] > 0 for log in logs)
 
     # router_aux_loss_coef=0.0 turns it off; on a dense model a coefficient is an error, as in DPOTrainer
-    off = PROTrainer(_tiny_mixtral(tokenizer), args=make_config(router_aux_loss_coef=0.0),
-                     train_dataset=Dataset.from_list(scored_rows(2)), processing_class=tokenizer)
+    off = PROTrainer(
+        _tiny_mixtral(tokenizer),
+        args=make_config(router_aux_loss_coef=0.0),
+        train_dataset=Dataset.from_list(scored_rows(2)),
+        processing_class=tokenizer,
+    )
     assert not off.aux_loss_enabled
     from trl_pro.assets import build_tiny_llama
 
     with pytest.raises(ValueError, match="not a Mixture-of-Experts"):
-        PROTrainer(build_tiny_llama(0), args=make_config(router_aux_loss_coef=0.1),
-                   train_dataset=Dataset.from_list(scored_rows(2)), processing_class=tokenizer)
+        PROTrainer(
+            build_tiny_llama(0),
+            args=make_config(router_aux_loss_coef=0.1),
+            train_dataset=Dataset.from_list(scored_rows(2)),
+            processing_class=tokenizer,
+        )
 
 
 def test_vision_dataset_is_rejected_at_init(tokenizer, tiny_model, make_config):
@@ -202,8 +292,13 @@ def test_vision_dataset_is_rejected_at_init(tokenizer, tiny_model, make_config):
         PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     image_rows = [{**row, "image": None} for row in scored_rows(2)]
     with pytest.raises(ValueError, match="eval dataset has an 'image' column"):
-        PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(scored_rows(2)),
-                   eval_dataset=Dataset.from_list(image_rows), processing_class=tokenizer)
+        PROTrainer(
+            tiny_model,
+            args=make_config(),
+            train_dataset=Dataset.from_list(scored_rows(2)),
+            eval_dataset=Dataset.from_list(image_rows),
+            processing_class=tokenizer,
+        )
 
 
 def test_zero3_peft_adapter_dtype_and_reentrant_checkpointing_as_dpo(tokenizer, make_config, caplog):
@@ -224,8 +319,11 @@ def test_zero3_peft_adapter_dtype_and_reentrant_checkpointing_as_dpo(tokenizer, 
     config.deepspeed_plugin = DeepSpeedPlugin(zero_stage=3)
     bf16_model = build_tiny_llama(0).to(torch.bfloat16)
     kwargs = _get_peft_model_kwargs(config, is_quantized=False)
-    adapters = [p for n, p in get_peft_model(bf16_model, LoraConfig(r=4, target_modules=["q_proj"]), **kwargs)
-                .named_parameters() if "lora_" in n]
+    adapters = [
+        p
+        for n, p in get_peft_model(bf16_model, LoraConfig(r=4, target_modules=["q_proj"]), **kwargs).named_parameters()
+        if "lora_" in n
+    ]
     assert adapters and all(p.dtype == torch.bfloat16 for p in adapters)  # PEFT's default would upcast to fp32
     assert _get_peft_model_kwargs(config, is_quantized=True) == {}  # QLoRA keeps its own bf16 cast
 
@@ -239,11 +337,17 @@ def test_zero3_peft_adapter_dtype_and_reentrant_checkpointing_as_dpo(tokenizer, 
 
 # The reward scale ---------------------------------------------------------------------------------------------------
 
+
 def test_warns_once_when_the_median_reward_gap_is_far_from_one(tokenizer, tiny_model, make_config, caplog):
     small = [{**row, "scores": [s / 50 for s in row["scores"]]} for row in scored_rows(6)]  # 0-1 rewards, gaps 0.02
     with caplog.at_level(logging.WARNING):
-        PROTrainer(tiny_model, args=make_config(), train_dataset=Dataset.from_list(small),
-                   eval_dataset=Dataset.from_list(small), processing_class=tokenizer)
+        PROTrainer(
+            tiny_model,
+            args=make_config(),
+            train_dataset=Dataset.from_list(small),
+            eval_dataset=Dataset.from_list(small),
+            processing_class=tokenizer,
+        )
     warnings = [r.getMessage() for r in caplog.records if "median gap between adjacent rewards" in r.getMessage()]
     assert len(warnings) == 1 and "train dataset is 0.02." in warnings[0] and "reward_scale` (e.g. 50)" in warnings[0]
 
@@ -251,8 +355,12 @@ def test_warns_once_when_the_median_reward_gap_is_far_from_one(tokenizer, tiny_m
     for rows, overrides in no_warning:
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            PROTrainer(tiny_model, args=make_config(**overrides), train_dataset=Dataset.from_list(rows),
-                       processing_class=tokenizer)
+            PROTrainer(
+                tiny_model,
+                args=make_config(**overrides),
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+            )
         assert "median gap" not in caplog.text, overrides
 
 
@@ -262,8 +370,12 @@ def test_reward_scale_multiplies_the_rewards(tokenizer, tiny_model, make_config)
     large = [{**row, "scores": [s * 50 for s in row["scores"]]} for row in small]
     losses = []
     for rows, scale in ((small, 50.0), (large, 1.0), (small, 1.0)):
-        trainer = PROTrainer(tiny_model, args=make_config(reward_scale=scale), train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer)
+        trainer = PROTrainer(
+            tiny_model,
+            args=make_config(reward_scale=scale),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
         with torch.no_grad():
             losses.append(trainer.compute_loss(trainer.model, trainer.data_collator(list(trainer.train_dataset))))
     torch.testing.assert_close(losses[0], losses[1])

@@ -31,11 +31,40 @@ REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS, SAVE_STEPS = 8, 2
 COMPLETE = "checkpoint_complete.json"  # trl_pro.trainers.checkpointing.CHECKPOINT_COMPLETE
 COMMON = [
-    "--model_name_or_path", "trl-pro/tiny-llama", "--dataset_test_split", "absent", "--drop_invalid_rows",
-    "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--max_length", "64",
-    "--max_prompt_length", "48", "--learning_rate", "1e-3", "--max_steps", str(MAX_STEPS), "--logging_steps", "1",
-    "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS), "--report_to", "none", "--disable_tqdm", "true",
-    "--seed", "0", "--no_eval_before_training", "--ddp_find_unused_parameters", "false",
+    "--model_name_or_path",
+    "trl-pro/tiny-llama",
+    "--dataset_test_split",
+    "absent",
+    "--drop_invalid_rows",
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--gradient_checkpointing",
+    "false",
+    "--max_length",
+    "64",
+    "--max_prompt_length",
+    "48",
+    "--learning_rate",
+    "1e-3",
+    "--max_steps",
+    str(MAX_STEPS),
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    str(SAVE_STEPS),
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--seed",
+    "0",
+    "--no_eval_before_training",
+    "--ddp_find_unused_parameters",
+    "false",
 ]
 ONE_PROCESS = ["--per_device_train_batch_size", "4"]
 TWO_PROCESSES = ["--cpu", "--num_processes", "2", "--per_device_train_batch_size", "2"]
@@ -80,12 +109,18 @@ def uninterrupted(tmp_path_factory, data_file) -> Path:
     return out
 
 
-
 def _kill_after_checkpoint(command: list[str], out: Path, step: int, timeout: float = 300) -> None:
     """Start `command`, SIGKILL it and every process it started as soon as `out`/checkpoint-`step` is complete."""
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env=env, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     marker = out / f"checkpoint-{step}" / COMPLETE
     deadline = time.monotonic() + timeout
     try:
@@ -130,22 +165,27 @@ def _assert_same(value, reference, where: str) -> None:
             assert value == reference, where
 
 
-def assert_bit_identical(resumed: Path, reference: Path, rng_files: list[str], checkpoints: str = ".",
-                         final_step: int = MAX_STEPS) -> None:
+def assert_bit_identical(
+    resumed: Path, reference: Path, rng_files: list[str], checkpoints: str = ".", final_step: int = MAX_STEPS
+) -> None:
     """Final weights, optimizer, scheduler and RNG states and the logged metrics of every step: bit for bit. The
     checkpoints are in the `checkpoints` subfolder of both runs, the last one at `final_step`."""
     final = f"{checkpoints}/checkpoint-{final_step}"
     weights, expected = load_file(resumed / "model.safetensors"), load_file(reference / "model.safetensors")
     _assert_same(weights, expected, "weights")
     for name in ["optimizer.pt", "scheduler.pt", *rng_files]:
-        _assert_same(torch.load(resumed / final / name, weights_only=False),
-                     torch.load(reference / final / name, weights_only=False), name)
+        _assert_same(
+            torch.load(resumed / final / name, weights_only=False),
+            torch.load(reference / final / name, weights_only=False),
+            name,
+        )
     history = _log_history(resumed / final)
     assert history == _log_history(reference / final)
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert len(losses) == MAX_STEPS and len(set(losses)) == MAX_STEPS  # one log per step, the model trains
-    assert (json.loads((resumed / final / "ranking_trainer_state.json").read_text())
-            == json.loads((reference / final / "ranking_trainer_state.json").read_text()))
+    assert json.loads((resumed / final / "ranking_trainer_state.json").read_text()) == json.loads(
+        (reference / final / "ranking_trainer_state.json").read_text()
+    )
 
 
 @pytest.mark.slow
@@ -175,8 +215,9 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_
     assert get_last_checkpoint(str(out)) == str(partial)
     assert last_complete_checkpoint(out) == str(out / "checkpoint-4")
 
-    resumed = run_launcher(_command(data_file, out, ONE_PROCESS, "--resume_from_checkpoint", "true"), timeout=300,
-                           cwd=REPO)
+    resumed = run_launcher(
+        _command(data_file, out, ONE_PROCESS, "--resume_from_checkpoint", "true"), timeout=300, cwd=REPO
+    )
     assert "Traceback" not in resumed.stderr
     assert (partial / COMPLETE).exists()  # rewritten in full by the resumed run
     assert_bit_identical(out, uninterrupted, ["rng_state.pth"])
@@ -209,16 +250,25 @@ def test_self_bootstrapping_killed_mid_round_resumes_bit_identically(tmp_path, d
     """Two rounds of 10 rows, each trained for 8 steps (the count goes on: round 2 is steps 9-16); killed once round 2
     has written its second checkpoint, checkpoint-10, resumed from it (on the round's saved rankings): the same as an
     uninterrupted run, bit for bit."""
-    bootstrap = ["--bootstrap_rounds", "2", "--bootstrap_reward_model_name_or_path", str(tiny_reward_model_dir),
-                 "--bootstrap_reward_prompt_format", "plain", "--bootstrap_max_completion_length", "8"]
+    bootstrap = [
+        "--bootstrap_rounds",
+        "2",
+        "--bootstrap_reward_model_name_or_path",
+        str(tiny_reward_model_dir),
+        "--bootstrap_reward_prompt_format",
+        "plain",
+        "--bootstrap_max_completion_length",
+        "8",
+    ]
     reference = tmp_path / "reference"
     run_launcher(_command(data_file, reference, ONE_PROCESS, *bootstrap), timeout=300, cwd=REPO)
     out = tmp_path / "out"
     _kill_after_checkpoint(_command(data_file, out, ONE_PROCESS, *bootstrap), out / "bootstrap-round-2", step=10)
     assert (out / "bootstrap-round-1" / "round_complete.json").exists()
     written = (out / "bootstrap-round-2" / "checkpoint-10" / COMPLETE).stat().st_mtime_ns
-    resumed = run_launcher(_command(data_file, out, ONE_PROCESS, *bootstrap, "--resume_from_checkpoint", "true"),
-                           timeout=300, cwd=REPO)
+    resumed = run_launcher(
+        _command(data_file, out, ONE_PROCESS, *bootstrap, "--resume_from_checkpoint", "true"), timeout=300, cwd=REPO
+    )
     assert "Traceback" not in resumed.stderr
     # resumed from round 2's checkpoint-10, not by redoing round 2 from its start (which would rewrite it)
     assert (out / "bootstrap-round-2" / "checkpoint-10" / COMPLETE).stat().st_mtime_ns == written

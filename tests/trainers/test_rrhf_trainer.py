@@ -25,16 +25,26 @@ def scored_rows(n=6):
         scores = [float((7 * i + 3 * j) % 5) for j in range(length)]
         if length == 4:
             scores[3] = scores[1]  # a tie: no pair between these two
-        rows.append({"prefix": [[f"Question {i}:"]] * length, "suffix": [f" answer {j} of {i}" * (1 + j % 2)
-                                                                          for j in range(length)],
-                     "reward": scores, "sft_index": length - 1})
+        rows.append(
+            {
+                "prefix": [[f"Question {i}:"]] * length,
+                "suffix": [f" answer {j} of {i}" * (1 + j % 2) for j in range(length)],
+                "reward": scores,
+                "sft_index": length - 1,
+            }
+        )
     return rows
 
 
 def test_rrhf_trains_the_tiny_model(tokenizer, tiny_model, make_config, tmp_path):
     dataset = Dataset.from_list(scored_rows(8))
-    trainer = RRHFTrainer(tiny_model, args=make_config(RRHFConfig, max_steps=2), train_dataset=dataset,
-                          eval_dataset=dataset, processing_class=tokenizer)
+    trainer = RRHFTrainer(
+        tiny_model,
+        args=make_config(RRHFConfig, max_steps=2),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=tokenizer,
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)]
@@ -55,9 +65,12 @@ def test_loss_is_rrhf_from_plain_logits(tokenizer, tiny_model, make_config):
     (not the data's `sft_index`), computed here from the model's logits."""
     # The reference reads one row per candidate: the plain layout (the default layout equals it:
     # tests/loss_core/test_shared_prompt.py)
-    trainer = RRHFTrainer(tiny_model, args=make_config(RRHFConfig, rrhf_weight=3.0, length_penalty=0.5,
-                                                       shared_prompt=False),
-                          train_dataset=Dataset.from_list(scored_rows(6)), processing_class=tokenizer)
+    trainer = RRHFTrainer(
+        tiny_model,
+        args=make_config(RRHFConfig, rrhf_weight=3.0, length_penalty=0.5, shared_prompt=False),
+        train_dataset=Dataset.from_list(scored_rows(6)),
+        processing_class=tokenizer,
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     loss = trainer.compute_loss(trainer.model, batch)
     with torch.no_grad():
@@ -70,15 +83,17 @@ def test_loss_is_rrhf_from_plain_logits(tokenizer, tiny_model, make_config):
     expected = []
     for b in range(6):
         start, end = offsets[b], offsets[b + 1]
-        rank = sum(max(0.0, p[i] - p[j]) for j in range(start, end) for i in range(start, end)
-                   if rewards[j] > rewards[i])
+        rank = sum(
+            max(0.0, p[i] - p[j]) for j in range(start, end) for i in range(start, end) if rewards[j] > rewards[i]
+        )
         best = max(range(start, end), key=lambda c: rewards[c])  # sorted: the first
         assert best == start
         expected.append(3.0 * rank - sums[best] / lengths[best])
         torch.testing.assert_close(rrhf_loss(p[None, start:end], rewards[None, start:end])[0], torch.as_tensor(rank))
     assert len({tuple(r) for r in (trainer.train_dataset[i]["scores"] for i in range(6)) if len(set(r)) < len(r)})
-    torch.testing.assert_close(loss.detach(), torch.stack([torch.as_tensor(e) for e in expected]).mean(),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        loss.detach(), torch.stack([torch.as_tensor(e) for e in expected]).mean(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_cli_rrhf_quick_run(tmp_path, capsys):
@@ -90,15 +105,34 @@ def test_cli_rrhf_quick_run(tmp_path, capsys):
     assert "--rrhf_weight" in rrhf.make_parser().format_help()
     data = tmp_path / "data"
     data.mkdir()
-    rows = [{"prompt": f"Question {i}:", "completions": [f" good answer {i}", f" bad {i}", " no"],
-             "scores": [1.0, 0.5, -1.0]} for i in range(24)]
+    rows = [
+        {
+            "prompt": f"Question {i}:",
+            "completions": [f" good answer {i}", f" bad {i}", " no"],
+            "scores": [1.0, 0.5, -1.0],
+        }
+        for i in range(24)
+    ]
     (data / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:16]))
     (data / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[16:]))
     out = tmp_path / "run"
     rrhf.cli_main(
-        ["--config", str(REPO / "recipes" / "rrhf" / "quickstart.yaml"), "--dataset_name", str(data), "--max_steps",
-         "2", "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--rrhf_weight", "2.0", "--output_dir",
-         str(out)]
+        [
+            "--config",
+            str(REPO / "recipes" / "rrhf" / "quickstart.yaml"),
+            "--dataset_name",
+            str(data),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--disable_tqdm",
+            "true",
+            "--rrhf_weight",
+            "2.0",
+            "--output_dir",
+            str(out),
+        ]
     )
     stdout = capsys.readouterr().out
     assert "before -> after training" in stdout

@@ -13,8 +13,9 @@ def test_parquet_keeps_a_column_the_first_row_lacks(tmp_path):
     # `trl-pro rank --keep_top1` records `rm_scores` only on rows whose top-1 it lifted
     output = ShardedOutput(str(tmp_path / "ranked.parquet"), num_rows=4, shard_size=2, manifest={"test": 1})
     output.write_shard(0, [{"prompt": "a", "scores": [1.0, 0.0]}, {"prompt": "b", "scores": [2.0, 1.0]}])
-    output.write_shard(1, [{"prompt": "c", "scores": [3.0, 3.0], "rm_scores": [2.5, 3.0]},
-                           {"prompt": "d", "scores": [1.0, 0.5]}])
+    output.write_shard(
+        1, [{"prompt": "c", "scores": [3.0, 3.0], "rm_scores": [2.5, 3.0]}, {"prompt": "d", "scores": [1.0, 0.5]}]
+    )
     assert output.finalize() == 4
     rows = load_dataset("parquet", data_files=str(tmp_path / "ranked.parquet"), split="train").to_list()
     assert [row["rm_scores"] for row in rows] == [None, None, [2.5, 3.0], None]

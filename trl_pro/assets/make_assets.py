@@ -90,6 +90,7 @@ def render_readme(lines: list[bytes], n_train: int, n_test: int) -> str:
     if any(i < n_train or i >= test_first for i in mismatch):
         # Such rows would not fit the implicit-prompt format; keep the card honest rather than silently ship them.
         raise ValueError(f"shipped rows with differing chosen/rejected prompts: {mismatch}")
+
     def opening(row: dict) -> str:  # the first Human turn
         return row["chosen"].split(ASSISTANT)[0]
 

@@ -97,8 +97,12 @@ def adapt_cpu_launch(
         )
     if not uses_config and not _has_accelerator():
         # accelerate's own defaults, passed explicitly so that it does not warn about each of them
-        for flag, value in (("--num_processes", "1"), ("--num_machines", "1"), ("--mixed_precision", "no"),
-                            ("--dynamo_backend", "no")):
+        for flag, value in (
+            ("--num_processes", "1"),
+            ("--num_machines", "1"),
+            ("--mixed_precision", "no"),
+            ("--dynamo_backend", "no"),
+        ):
             if getattr(namespace, flag[2:]) is None:
                 launch_args = launch_args + [flag, value]
         if "OMP_NUM_THREADS" not in os.environ and namespace.num_cpu_threads_per_process is None:
@@ -189,8 +193,11 @@ class ScriptCommand(Command):
             if debug_enabled():
                 raise
             # a launch that was interrupted has ended the script's last line; before it, a terminal's `^C` echo
-            print_interrupted(prog, interrupted_note(self.name, parsed) if launched else None,
-                              new_line=not launched and sys.stderr.isatty())
+            print_interrupted(
+                prog,
+                interrupted_note(self.name, parsed) if launched else None,
+                new_line=not launched and sys.stderr.isatty(),
+            )
             return INTERRUPTED_STATUS
 
 
@@ -201,8 +208,10 @@ def get_commands() -> list[Command]:
         ScriptCommand("rrhf", "Train with RRHF (Yuan et al. 2023); see `trl-pro rrhf --help`"),
         ScriptCommand("generate", "Add k generated candidates per prompt to a dataset; see `trl-pro generate --help`"),
         ScriptCommand("rank", "Score candidates with a reward model and sort each ranking; see `trl-pro rank --help`"),
-        ScriptCommand("reward", "Train a reward model (TRL's RewardTrainer) on ranked or pairwise data; see "
-                      "`trl-pro reward --help`"),
+        ScriptCommand(
+            "reward",
+            "Train a reward model (TRL's RewardTrainer) on ranked or pairwise data; see `trl-pro reward --help`",
+        ),
         ScriptCommand("coh", "Train the Chain of Hindsight baseline (TRL's SFTTrainer); see `trl-pro coh --help`"),
         ScriptCommand("compare", "Train PRO and every baseline on one ranked dataset; see `trl-pro compare --help`"),
         ScriptCommand("eval", "Evaluate systems: BLEU, reward per subset (Table 2); see `trl-pro eval --help`"),

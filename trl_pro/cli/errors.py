@@ -65,8 +65,10 @@ def _training_note(command: str, args) -> str:
     """`interrupted_note` of a training command; `args`: its TrainingArguments, None when unknown."""
     resume_with = "true" if command in _RESUME_FROM_LAST else "<output_dir>/checkpoint-N"
     if args is None:
-        return (f"complete checkpoints in --output_dir are kept: re-run with --resume_from_checkpoint {resume_with} "
-                "to resume")
+        return (
+            f"complete checkpoints in --output_dir are kept: re-run with --resume_from_checkpoint {resume_with} "
+            "to resume"
+        )
     output_dir = args.output_dir
     if command in _RESUME_FROM_LAST:
         from trl_pro.trainers.checkpointing import last_complete_checkpoint
@@ -175,5 +177,3 @@ def run_main(prog: str, main, *args, plain_errors: tuple[type[Exception], ...] =
     quiet_interrupts(prog, args)
     with one_line_errors(prog, plain_errors=plain_errors):
         return main(*args)
-
-

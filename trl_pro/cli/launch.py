@@ -146,8 +146,9 @@ _TORCHRUN_LOGGERS = ("torch.distributed.elastic.agent.server.api", "torch.distri
 
 def _not_about_sigint(record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not (message.startswith(f"Received {int(signal.SIGINT)} death signal")
-                or message.endswith("closing signal SIGINT"))
+    return not (
+        message.startswith(f"Received {int(signal.SIGINT)} death signal") or message.endswith("closing signal SIGINT")
+    )
 
 
 @contextlib.contextmanager

@@ -246,18 +246,24 @@ def train(script_args, training_args, model_args, dataset_args, method: Training
 
         with one_line_errors(method.prog):
             if resume is not True:
-                raise SetupError(f"--resume_from_checkpoint {resume}: with self-bootstrapping pass `true`; the run "
-                                  f"resumes from the round folders of {training_args.output_dir}")
+                raise SetupError(
+                    f"--resume_from_checkpoint {resume}: with self-bootstrapping pass `true`; the run "
+                    f"resumes from the round folders of {training_args.output_dir}"
+                )
             if bootstrap_resume_point(training_args.output_dir, training_args.bootstrap_rounds) == (0, None):
-                raise SetupError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no "
-                                  f"self-bootstrapping round with a complete checkpoint in {training_args.output_dir}")
+                raise SetupError(
+                    f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no "
+                    f"self-bootstrapping round with a complete checkpoint in {training_args.output_dir}"
+                )
     elif resume is True:
         from trl_pro.trainers.checkpointing import last_complete_checkpoint
 
         with one_line_errors(method.prog):
             if last_complete_checkpoint(training_args.output_dir) is None:
-                raise SetupError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete "
-                                  f"checkpoint in {training_args.output_dir}")
+                raise SetupError(
+                    f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete "
+                    f"checkpoint in {training_args.output_dir}"
+                )
     if eval_dataset is not None and script_args.eval_before_training and not resuming:
         before = _reported(trainer.evaluate())
 
@@ -314,8 +320,6 @@ def parse_args(parser, argv: list[str] | None = None):
     launch_args = resolve_launch_args(normalize_config_flags(config_remaining), parser.prog)
     check_launch_args(launch_args, config_remaining, parser.prog, config_path_of(argv))
     return dataclasses
-
-
 
 
 def cli_main(argv: list[str] | None = None, method: TrainingMethod = PRO) -> None:

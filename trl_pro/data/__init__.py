@@ -9,5 +9,15 @@ from trl_pro.data.loading import load_named_dataset
 from trl_pro.data.tokenization import resolve_max_prompt_length, tokenize_ranking, truncate_prompt
 
 
-__all__ = ["DataCollatorForRanking", "RankingLayout", "detect_format", "is_messages", "load_named_dataset", "rank",
-           "resolve_max_prompt_length", "to_ranking", "tokenize_ranking", "truncate_prompt"]
+__all__ = [
+    "DataCollatorForRanking",
+    "RankingLayout",
+    "detect_format",
+    "is_messages",
+    "load_named_dataset",
+    "rank",
+    "resolve_max_prompt_length",
+    "to_ranking",
+    "tokenize_ranking",
+    "truncate_prompt",
+]

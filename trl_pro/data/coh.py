@@ -76,7 +76,8 @@ def coh_rows_from_ranking(ranking: dict[str, Any], index: int) -> list[dict[str,
         completion = completions[position]
         if not isinstance(completion, str):
             raise _row_error(
-                index, f"completions[{position}]",
+                index,
+                f"completions[{position}]",
                 f"Chain of Hindsight needs plain-text completions, got {type(completion).__name__}",
             )
         if not completion.strip():
@@ -107,7 +108,11 @@ def coh_rows(dataset, num_proc: int | None = None):
         return out
 
     return dataset.map(
-        convert, batched=True, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
+        convert,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
         desc="Chain of Hindsight rows",
     )
 
@@ -121,8 +126,14 @@ def coh_prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None) -> lis
     # what the tokenizer appends, from a probe tokenized with and without special tokens (as truncate_prompt finds
     # what it puts first)
     probe, plain = tokenizer(text="a")["input_ids"], tokenizer(text="a", add_special_tokens=False)["input_ids"]
-    appended = next((probe[start + len(plain) :] for start in range(len(probe) - len(plain) + 1)
-                     if probe[start : start + len(plain)] == plain), [])
+    appended = next(
+        (
+            probe[start + len(plain) :]
+            for start in range(len(probe) - len(plain) + 1)
+            if probe[start : start + len(plain)] == plain
+        ),
+        [],
+    )
     if appended and ids[-len(appended) :] == appended:
         ids = ids[: -len(appended)]
     if max_prompt_length is None:
@@ -160,7 +171,8 @@ def tokenize_coh(
         input_ids, completion_mask = input_ids[:max_length], completion_mask[:max_length]
     if 1 not in completion_mask:
         raise _row_error(
-            index, "prompt",
+            index,
+            "prompt",
             f"no answer token is left within max_length={max_length} (max_prompt_length={max_prompt_length})",
         )
     return {"input_ids": input_ids, "completion_mask": completion_mask}
@@ -172,5 +184,8 @@ def tokenize_coh_dataset(dataset, tokenizer, max_length=512, max_prompt_length=3
     rows = coh_rows(dataset, num_proc=num_proc)
     return rows.map(
         lambda example, index: tokenize_coh(example, tokenizer, max_length, max_prompt_length, index),
-        with_indices=True, remove_columns=rows.column_names, num_proc=num_proc, desc="Tokenizing CoH rows",
+        with_indices=True,
+        remove_columns=rows.column_names,
+        num_proc=num_proc,
+        desc="Tokenizing CoH rows",
     )

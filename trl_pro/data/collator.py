@@ -27,9 +27,6 @@ def pack_rankings(examples: list[dict[str, Any]]) -> tuple[list[torch.Tensor], l
     return input_ids, segment_ids
 
 
-
-
-
 @dataclass
 class DataCollatorForRanking(DataCollatorMixin):
     """Pads a batch of rankings of any lengths into one flat batch of candidate sequences plus its layout.
@@ -86,5 +83,3 @@ class DataCollatorForRanking(DataCollatorMixin):
 
 def _offsets(lengths: list[int]) -> torch.Tensor:
     return torch.cumsum(torch.tensor([0] + lengths), dim=0)
-
-

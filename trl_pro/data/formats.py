@@ -200,8 +200,11 @@ def to_ranking(
             try:
                 example = {**example, **extract_implicit_prompt(example)}
             except Exception as error:  # e.g. two conversations that never diverge
-                raise _row_error(index, "chosen", f"cannot extract the shared prompt of chosen and rejected "
-                                 f"({type(error).__name__}: {error})") from error
+                raise _row_error(
+                    index,
+                    "chosen",
+                    f"cannot extract the shared prompt of chosen and rejected ({type(error).__name__}: {error})",
+                ) from error
         prompt, completions = example["prompt"], [example["chosen"], example["rejected"]]
         score_chosen, score_rejected = example.get("score_chosen"), example.get("score_rejected")
         if (score_chosen is None) != (score_rejected is None):
@@ -233,8 +236,10 @@ def to_ranking(
     candidates = "suffix" if data_format == AUTHORS else "completions"
     if len(completions) < min_candidates:
         raise _row_error(
-            index, candidates, f"a ranking needs at least {min_candidates} candidates, got {len(completions)} "
-            "(`trl-pro generate` adds candidates to a prompt)"
+            index,
+            candidates,
+            f"a ranking needs at least {min_candidates} candidates, got {len(completions)} "
+            "(`trl-pro generate` adds candidates to a prompt)",
         )
     if data_format == PAIRWISE:
         fields = ["chosen", "rejected"]
@@ -277,5 +282,3 @@ def rank(ranking: dict[str, Any], index: int, max_completions: int | None) -> di
     if "fields" in ranking:
         ranked["fields"] = [ranking["fields"][i] for i in order]
     return ranked
-
-

@@ -100,7 +100,7 @@ def with_line_numbers(message: str, name: str | None) -> str:
     line = line_of_row(path, int(match.group(1))) if path.is_file() else None
     if line is None:
         return message
-    return f"{match.group(0)} (line {line} of {path.name}){message[match.end():]}"
+    return f"{match.group(0)} (line {line} of {path.name}){message[match.end() :]}"
 
 
 @contextlib.contextmanager
@@ -184,8 +184,8 @@ def _split(dataset, name: str, role: str, required: bool):
     if name in dataset:
         return dataset[name]
     if required:
-        raise SetupError(f"the dataset has no '{name}' split for {role} (splits: {', '.join(dataset)}); set "
-                          f"--dataset_{'train' if role == 'training' else 'test'}_split")
+        raise SetupError(
+            f"the dataset has no '{name}' split for {role} (splits: {', '.join(dataset)}); set "
+            f"--dataset_{'train' if role == 'training' else 'test'}_split"
+        )
     return None
-
-

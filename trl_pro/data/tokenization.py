@@ -29,9 +29,6 @@ def resolve_max_prompt_length(max_length: int | None, max_prompt_length: int | N
     return max(max_length - AUTHORS_COMPLETION_ROOM, max_length // 2, 1)
 
 
-
-
-
 def token_ids(tokenizer, text_or_messages: str | list, **chat_template_kwargs) -> list[int]:
     """Token ids of a text (the tokenizer's own special tokens added) or of messages (through the chat template)."""
     if isinstance(text_or_messages, list):
@@ -123,5 +120,3 @@ def tokenize_ranking(
         if not ids:
             raise _row_error(index, field, "the completion is empty after tokenization")
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids}
-
-

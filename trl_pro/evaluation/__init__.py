@@ -8,5 +8,15 @@ from trl_pro.evaluation.systems import System, evaluate_systems, read_comparison
 from trl_pro.evaluation.test_data import load_test_data
 
 
-__all__ = ["LocalJudge", "OpenAIJudge", "System", "authors_bleu", "compute_metrics", "cut_response",
-           "evaluate_systems", "judge_pairs", "load_test_data", "read_comparison_folder"]
+__all__ = [
+    "LocalJudge",
+    "OpenAIJudge",
+    "System",
+    "authors_bleu",
+    "compute_metrics",
+    "cut_response",
+    "evaluate_systems",
+    "judge_pairs",
+    "load_test_data",
+    "read_comparison_folder",
+]

@@ -82,7 +82,7 @@ def judge_prompt(question: str, answer_a: str, answer_b: str) -> str:
 
 
 def parse_verdict(text: str | None) -> str | None:
-    """"A", "B" or "C" (tie): the last "[[A]]", "[[B]]" or "[[C]]" in the judge's answer (the final verdict follows
+    """ "A", "B" or "C" (tie): the last "[[A]]", "[[B]]" or "[[C]]" in the judge's answer (the final verdict follows
     the explanation, which may quote the format); None when there is none (an invalid judgment)."""
     if not text:
         return None
@@ -144,9 +144,14 @@ class OpenAIJudge:
     def cache_identity(self) -> dict:
         """What the answers depend on (the cache key of each one): model, endpoint, sampling and token limit, and how
         the messages are laid out. Not the API key or the retry settings."""
-        return {"judge": "openai", "model": self.model, "base_url": str(self.client.base_url),
-                "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "system_prompt_in_user": self.system_prompt_in_user}
+        return {
+            "judge": "openai",
+            "model": self.model,
+            "base_url": str(self.client.base_url),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "system_prompt_in_user": self.system_prompt_in_user,
+        }
 
     def _messages(self, system_prompt: str, user_prompt: str) -> list[dict]:
         if self.system_prompt_in_user:
@@ -177,12 +182,16 @@ class OpenAIJudge:
                 continue
             except openai.OpenAIError as caught:  # 400, 401, 403, 404, 422: the same request fails the same way
                 status = getattr(caught, "status_code", None)
-                raise JudgeError(f"{where} refused the request{f' (HTTP {status})' if status else ''}, not retried: "
-                                 f"{_describe(caught)}") from caught
+                raise JudgeError(
+                    f"{where} refused the request{f' (HTTP {status})' if status else ''}, not retried: "
+                    f"{_describe(caught)}"
+                ) from caught
             try:
                 return response.choices[0].message.content or ""
             except (AttributeError, IndexError, TypeError) as caught:
-                raise JudgeError(f"{where} sent a reply without a message, not retried: {_describe(caught)}") from caught
+                raise JudgeError(
+                    f"{where} sent a reply without a message, not retried: {_describe(caught)}"
+                ) from caught
         raise JudgeError(f"{where} failed {self.max_retries + 1} times (last: {_describe(error)})")
 
 
@@ -195,13 +204,23 @@ class LocalJudge:
     message; a template without a system role gets both in the user message), or on plain text without one. A prompt
     too long for the model's context (`context_length`) with `max_new_tokens` is cut to fit (`fit_prompt`)."""
 
-    def __init__(self, model_name_or_path: str, *, max_new_tokens: int = 512, dtype: str | None = None,
-                 device: str | None = None, trust_remote_code: bool = False, model=None, tokenizer=None):
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        max_new_tokens: int = 512,
+        dtype: str | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+        model=None,
+        tokenizer=None,
+    ):
         from trl_pro.pipeline.models import load_policy
 
         if model is None:
-            model, tokenizer = load_policy(model_name_or_path, dtype=dtype, device=device,
-                                           trust_remote_code=trust_remote_code)
+            model, tokenizer = load_policy(
+                model_name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+            )
         self.model, self.tokenizer = model, tokenizer
         self.model_name_or_path, self.max_new_tokens, self.dtype = model_name_or_path, max_new_tokens, dtype
         self.num_requests = 0
@@ -214,14 +233,19 @@ class LocalJudge:
     def cache_identity(self) -> dict:
         """What the answers depend on (the cache key of each one): the model (its weights, see `model_identity`, and
         dtype), the token limit and the chat template the prompts are rendered with."""
-        return {"judge": "local", "model": model_identity(self.model_name_or_path, dtype=self.dtype),
-                "max_new_tokens": self.max_new_tokens,
-                "chat_template": content_key(getattr(self.tokenizer, "chat_template", None))}
+        return {
+            "judge": "local",
+            "model": model_identity(self.model_name_or_path, dtype=self.dtype),
+            "max_new_tokens": self.max_new_tokens,
+            "chat_template": content_key(getattr(self.tokenizer, "chat_template", None)),
+        }
 
     def _render(self, system_prompt: str, user_prompt: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            for messages in ([{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}],
-                             [{"role": "user", "content": system_prompt + "\n\n" + user_prompt}]):
+            for messages in (
+                [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}],
+                [{"role": "user", "content": system_prompt + "\n\n" + user_prompt}],
+            ):
                 try:
                     return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 except Exception:  # a template that rejects the system role
@@ -256,8 +280,10 @@ class LocalJudge:
         if self._num_tokens(self._render(system_prompt, prompt)) <= limit:
             return prompt, False
         room = limit - self._num_tokens(self._render(system_prompt, judge_prompt("", "", "")))
-        parts = [self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-                 for text in (question.strip(), answer_a, answer_b)]
+        parts = [
+            self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            for text in (question.strip(), answer_a, answer_b)
+        ]
         for _ in range(8):  # the parts' tokens and those of the whole differ by a few at the seams: shrink and retry
             if room <= 0:
                 break
@@ -271,9 +297,11 @@ class LocalJudge:
             if excess <= 0:
                 return prompt, True
             room -= excess
-        raise ValueError(f"the judge instructions alone leave no room for the dialogue and the answers in the "
-                         f"context of {self.model_name_or_path} ({context} tokens, {self.max_new_tokens} of them for "
-                         "the judge's answer): lower --max_tokens")
+        raise ValueError(
+            f"the judge instructions alone leave no room for the dialogue and the answers in the "
+            f"context of {self.model_name_or_path} ({context} tokens, {self.max_new_tokens} of them for "
+            "the judge's answer): lower --max_tokens"
+        )
 
     def complete(self, system_prompt: str, user_prompt: str) -> str:
         import torch
@@ -283,8 +311,11 @@ class LocalJudge:
         text = self._render(system_prompt, user_prompt)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         pad_id = self.tokenizer.pad_token_id
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.eos_token_id if pad_id is None else pad_id)
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.eos_token_id if pad_id is None else pad_id,
+        )
         with torch.inference_mode():
             output = self.model.generate(**inputs, generation_config=config)
         return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -314,8 +345,11 @@ class Pair:
 
 
 def build_pairs(
-    first: dict[str, str], second: dict[str, str], test_data: dict[str, list[EvalExample]] | None = None,
-    subsets: dict[str, str] | None = None, names: tuple[str, str] = ("first", "second"),
+    first: dict[str, str],
+    second: dict[str, str],
+    test_data: dict[str, list[EvalExample]] | None = None,
+    subsets: dict[str, str] | None = None,
+    names: tuple[str, str] = ("first", "second"),
 ) -> list[Pair]:
     """Pairs of two systems' responses on the same prompts. With `test_data`, both must answer exactly its prompts
     (subsets from it); otherwise both must answer the same prompts, subsets from `subsets` (prompt -> subset)."""
@@ -375,20 +409,32 @@ def judge_pairs(judge, pairs: Sequence[Pair], output_dir: str | os.PathLike, *, 
                 answer = judge.complete(JUDGE_SYSTEM_PROMPT, user_prompt)
             except JudgeError as error:
                 order = "first system as A" if first_is_a else "first system as B"
-                raise JudgeError(f"pair {index} (subset {pair.subset}, {order}, prompt "
-                                 f"{' '.join(pair.prompt.split())[-60:]!r}): {error}; the {len(records)} judgments "
-                                 f"done are cached in {cache_path}") from None
+                raise JudgeError(
+                    f"pair {index} (subset {pair.subset}, {order}, prompt "
+                    f"{' '.join(pair.prompt.split())[-60:]!r}): {error}; the {len(records)} judgments "
+                    f"done are cached in {cache_path}"
+                ) from None
             append_jsonl(cache_path, [{"key": key, "judge": judge.name, "output": answer}])
             cached[key] = answer
         verdict = parse_verdict(cached[key])
-        records.append({"pair": index, "subset": pair.subset, "order": "first-as-A" if first_is_a else "first-as-B",
-                        "verdict": verdict, "outcome": outcome(verdict, first_is_a), "truncated": truncated})
+        records.append(
+            {
+                "pair": index,
+                "subset": pair.subset,
+                "order": "first-as-A" if first_is_a else "first-as-B",
+                "verdict": verdict,
+                "outcome": outcome(verdict, first_is_a),
+                "truncated": truncated,
+            }
+        )
     num_truncated = sum(record["truncated"] for record in records)
     if num_truncated:
         context = getattr(judge, "context_length", None)
-        logger.warning(f"{num_truncated} of {len(records)} judge prompts were too long for the context of {judge.name}"
-                       f"{f' ({context} tokens)' if context else ''} with {getattr(judge, 'max_new_tokens', '?')} new "
-                       "tokens: their answers were cut to fit")
+        logger.warning(
+            f"{num_truncated} of {len(records)} judge prompts were too long for the context of {judge.name}"
+            f"{f' ({context} tokens)' if context else ''} with {getattr(judge, 'max_new_tokens', '?')} new "
+            "tokens: their answers were cut to fit"
+        )
     return records
 
 
@@ -397,8 +443,10 @@ def truncation_note(records: Sequence[dict]) -> str | None:
     num_truncated = sum(bool(record.get("truncated")) for record in records)
     if not num_truncated:
         return None
-    return (f"{num_truncated} of {len(records)} judge prompts were too long for the judge's context: their answers "
-            "were cut to fit (the judge saw only their beginnings).")
+    return (
+        f"{num_truncated} of {len(records)} judge prompts were too long for the judge's context: their answers "
+        "were cut to fit (the judge saw only their beginnings)."
+    )
 
 
 def summarize(records: Sequence[dict]) -> dict[str, dict[str, float]]:
@@ -422,17 +470,25 @@ def summarize(records: Sequence[dict]) -> dict[str, dict[str, float]]:
 
 
 def format_table(table: dict[str, dict[str, float]], first: str, second: str, judge: str) -> str:
-    lines = [f"{first} vs. {second}, judged by {judge} (win / tie / lose of {first}, in %; each pair judged "
-             "in both orders and averaged where a judge model is used)", "",
-             "| Subset | Win | Tie | Lose | Invalid | Judgments |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{first} vs. {second}, judged by {judge} (win / tie / lose of {first}, in %; each pair judged "
+        "in both orders and averaged where a judge model is used)",
+        "",
+        "| Subset | Win | Tie | Lose | Invalid | Judgments |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for subset, row in table.items():
         label = "Average" if subset == AVERAGE else subset
-        lines.append(f"| {label} | {row[WIN]:.2f} | {row[TIE]:.2f} | {row[LOSE]:.2f} | {row[INVALID]:.2f} | "
-                     f"{row['n']} |")
+        lines.append(
+            f"| {label} | {row[WIN]:.2f} | {row[TIE]:.2f} | {row[LOSE]:.2f} | {row[INVALID]:.2f} | {row['n']} |"
+        )
     invalid = table[AVERAGE][INVALID]
     if invalid:
-        lines += ["", f"{invalid:.2f}% of the judgments (on average over subsets) gave no parsable verdict "
-                  "(`invalid`): they count in no other column."]
+        lines += [
+            "",
+            f"{invalid:.2f}% of the judgments (on average over subsets) gave no parsable verdict "
+            "(`invalid`): they count in no other column.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -441,20 +497,34 @@ def write_judge_results(table, records, output_dir, first: str, second: str, jud
     context) and `judge_results.md` (the table, and a line counting those prompts when there are any)."""
     output_dir = Path(output_dir)
     truncated = sum(bool(record.get("truncated")) for record in records)
-    atomic_write_json(output_dir / "judge_results.json",
-                      {"first": first, "second": second, "judge": judge, "table": table, "truncated": truncated,
-                       "judgments": list(records)})
+    atomic_write_json(
+        output_dir / "judge_results.json",
+        {
+            "first": first,
+            "second": second,
+            "judge": judge,
+            "table": table,
+            "truncated": truncated,
+            "judgments": list(records),
+        },
+    )
     note = truncation_note(records)
-    atomic_write_text(output_dir / "judge_results.md",
-                      format_table(table, first, second, judge) + (f"\n{note}\n" if note else ""))
+    atomic_write_text(
+        output_dir / "judge_results.md", format_table(table, first, second, judge) + (f"\n{note}\n" if note else "")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Human evaluation
 
 
-def export_human_sheet(pairs: Sequence[Pair], output_dir: str | os.PathLike, *, seed: int = 0,
-                       names: tuple[str, str] = ("first", "second")) -> tuple[Path, Path]:
+def export_human_sheet(
+    pairs: Sequence[Pair],
+    output_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    names: tuple[str, str] = ("first", "second"),
+) -> tuple[Path, Path]:
     """A blind A/B sheet: `human_sheet.csv` (`id`, `subset`, `prompt`, `response_A`, `response_B`, `label` to fill
     with A, B or tie) and `human_key.json` (which system is A in each row, the seed). The order of each pair is drawn
     with `random.Random(seed)`."""
@@ -467,8 +537,15 @@ def export_human_sheet(pairs: Sequence[Pair], output_dir: str | os.PathLike, *, 
         first_is_a = rng.random() < 0.5
         a, b = (pair.first, pair.second) if first_is_a else (pair.second, pair.first)
         writer.writerow([index, pair.subset, pair.prompt, a, b, ""])
-        key_rows.append({"id": index, "subset": pair.subset, "A": names[0] if first_is_a else names[1],
-                         "first_is_A": first_is_a, "prompt_sha256": hashlib.sha256(pair.prompt.encode()).hexdigest()})
+        key_rows.append(
+            {
+                "id": index,
+                "subset": pair.subset,
+                "A": names[0] if first_is_a else names[1],
+                "first_is_A": first_is_a,
+                "prompt_sha256": hashlib.sha256(pair.prompt.encode()).hexdigest(),
+            }
+        )
     sheet, key = output_dir / HUMAN_SHEET, output_dir / HUMAN_KEY
     atomic_write_text(sheet, buffer.getvalue())
     atomic_write_json(key, {"seed": seed, "first": names[0], "second": names[1], "rows": key_rows})
@@ -488,14 +565,23 @@ def import_human_labels(sheet_path: str | os.PathLike, key_path: str | os.PathLi
             except (KeyError, ValueError, TypeError):
                 raise ValueError(f"{sheet_path}: line {line}, field 'id': {row.get('id')!r} is not in {key_path}")
             if hashlib.sha256((row.get("prompt") or "").encode()).hexdigest() != entry["prompt_sha256"]:
-                raise ValueError(f"{sheet_path}: line {line}, field 'prompt': not the prompt exported with id "
-                                 f"{entry['id']} (a sheet from another export?)")
+                raise ValueError(
+                    f"{sheet_path}: line {line}, field 'prompt': not the prompt exported with id "
+                    f"{entry['id']} (a sheet from another export?)"
+                )
             label = (row.get("label") or "").strip().lower()
             if label and label not in HUMAN_LABELS:
                 raise ValueError(f"{sheet_path}: line {line}, field 'label': {row['label']!r}; use A, B or tie")
             verdict = HUMAN_LABELS.get(label)
-            records.append({"pair": entry["id"], "subset": entry["subset"], "order": "human",
-                            "verdict": verdict, "outcome": outcome(verdict, entry["first_is_A"])})
+            records.append(
+                {
+                    "pair": entry["id"],
+                    "subset": entry["subset"],
+                    "order": "human",
+                    "verdict": verdict,
+                    "outcome": outcome(verdict, entry["first_is_A"]),
+                }
+            )
     if len(records) != len(by_id):
         raise ValueError(f"{sheet_path}: {len(records)} rows, but {key_path} lists {len(by_id)}")
     return records

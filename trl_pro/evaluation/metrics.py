@@ -56,8 +56,10 @@ def check_single_score_head(reward_model, name: str = "reward model") -> None:
     """A reward model gives one score per text: its classification head has one output."""
     num_labels = getattr(reward_model.config, "num_labels", 1)
     if num_labels != 1:
-        raise ValueError(f"{name}: its head gives {num_labels} scores per text (num_labels={num_labels}); a reward "
-                         "model must give a single score (num_labels=1)")
+        raise ValueError(
+            f"{name}: its head gives {num_labels} scores per text (num_labels={num_labels}); a reward "
+            "model must give a single score (num_labels=1)"
+        )
 
 
 def reward_scores(
@@ -77,8 +79,15 @@ def reward_scores(
 
     check_single_score_head(reward_model)
     completions = [" " + response if response else response for response in responses]
-    scores = score_completions(reward_model, tokenizer, list(prompts), completions, prompt_format=prompt_format,
-                               batch_size=batch_size, progress=progress)
+    scores = score_completions(
+        reward_model,
+        tokenizer,
+        list(prompts),
+        completions,
+        prompt_format=prompt_format,
+        batch_size=batch_size,
+        progress=progress,
+    )
     scores = [float(score) for score in scores]
     bad = [i for i, score in enumerate(scores) if not math.isfinite(score)]
     if bad:
@@ -125,5 +134,3 @@ def compute_metrics(
         "n": len(all_bleu),
     }
     return results
-
-

@@ -17,19 +17,28 @@ def format_results_markdown(results: dict[str, dict[str, dict]], notes: Sequence
     """Table 2's layout: one row per system, (BLEU, Reward) per subset and in total; a second table gives sacreBLEU
     and the number of rows."""
     subsets = list(next(iter(results.values())).keys())
-    lines = ["| System | " + " | ".join(f"{s} BLEU | {s} Reward" for s in subsets) + " |",
-             "|---|" + "---:|---:|" * len(subsets)]
+    lines = [
+        "| System | " + " | ".join(f"{s} BLEU | {s} Reward" for s in subsets) + " |",
+        "|---|" + "---:|---:|" * len(subsets),
+    ]
     for system, by_subset in results.items():
         cells = " | ".join(f"{_fmt(by_subset[s]['bleu'])} | {_fmt(by_subset[s]['reward'])}" for s in subsets)
         lines.append(f"| {system} | {cells} |")
-    lines += ["", "| System | " + " | ".join(f"{s} sacreBLEU" for s in subsets) + " |",
-              "|---|" + "---:|" * len(subsets)]
+    lines += [
+        "",
+        "| System | " + " | ".join(f"{s} sacreBLEU" for s in subsets) + " |",
+        "|---|" + "---:|" * len(subsets),
+    ]
     for system, by_subset in results.items():
         lines.append(f"| {system} | " + " | ".join(_fmt(by_subset[s]["sacrebleu"]) for s in subsets) + " |")
     counts = ", ".join(f"{s} {next(iter(results.values()))[s]['n']}" for s in subsets)
-    lines += ["", f"Rows: {counts}.", "BLEU: the authors' nltk sentence BLEU (character 4-grams, no smoothing) x 100, "
-              "averaged over rows; Reward: sigmoid(reward model score) x 100, averaged over rows; sacreBLEU: corpus "
-              "BLEU (13a); total: over all rows (sample-weighted)."]
+    lines += [
+        "",
+        f"Rows: {counts}.",
+        "BLEU: the authors' nltk sentence BLEU (character 4-grams, no smoothing) x 100, "
+        "averaged over rows; Reward: sigmoid(reward model score) x 100, averaged over rows; sacreBLEU: corpus "
+        "BLEU (13a); total: over all rows (sample-weighted).",
+    ]
     lines += list(notes)
     return "\n".join(lines) + "\n"
 
@@ -71,8 +80,9 @@ def plot_results(results: dict[str, dict[str, dict]], path: str | os.PathLike, t
     span = (len(groups) - 0.2) * 1.1
     axes_width = pitch * span * num_systems / 0.8
     panel_width = max(4.0, 1.2 + axes_width)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 4.5), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(panel_width * len(metrics), 4.5), squeeze=False, layout="constrained"
+    )
     width = 0.8 / num_systems
     for ax, (key, label) in zip(axes[0], metrics):
         for k, (system, by_subset) in enumerate(results.items()):
@@ -88,8 +98,13 @@ def plot_results(results: dict[str, dict[str, dict]], path: str | os.PathLike, t
         ax.set_title(label)
     # One legend for both panels, below them: inside, it would cover the bars and labels of many systems
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", fontsize=8,
-               ncol=max(1, min(num_systems, int(panel_width * len(metrics) / 1.3))))
+    fig.legend(
+        handles,
+        names,
+        loc="outside lower center",
+        fontsize=8,
+        ncol=max(1, min(num_systems, int(panel_width * len(metrics) / 1.3))),
+    )
     if title:
         fig.suptitle(title)
     try:

@@ -49,15 +49,22 @@ def generate_responses(
     if todo:
         lengths = [len(tokenizer(p + prompt_suffix)["input_ids"]) for p in todo]
         order = sorted(range(len(todo)), key=lambda i: lengths[i])
-        bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, disable=not progress,
-                   unit="prompt")
+        bar = tqdm(
+            total=len(prompts), initial=len(prompts) - len(todo), desc=desc, disable=not progress, unit="prompt"
+        )
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             # `generate_local`: prompts left-truncated to max_prompt_length tokens, left-padded, greedy, decoded
             # without special tokens and cut at the EOS
             texts = generate_local(
-                model, tokenizer, [todo[i] + prompt_suffix for i in batch], max_completion_length=max_new_tokens,
-                max_prompt_length=max_prompt_length, do_sample=False, batch_size=len(batch), progress=False,
+                model,
+                tokenizer,
+                [todo[i] + prompt_suffix for i in batch],
+                max_completion_length=max_new_tokens,
+                max_prompt_length=max_prompt_length,
+                do_sample=False,
+                batch_size=len(batch),
+                progress=False,
             )
             new = {todo[i]: cut_response(generated[0]) for i, generated in zip(batch, texts)}
             done.update(new)
@@ -66,5 +73,3 @@ def generate_responses(
             bar.update(len(batch))
         bar.close()
     return {prompt: done[prompt] for prompt in dict.fromkeys(prompts)}
-
-

@@ -76,8 +76,10 @@ def parse_system_specs(specs: Sequence[str], suffixes: Sequence[str] = ()) -> li
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--system {spec!r}: expected NAME=PATH (a model folder, hub id, PEFT adapter folder or "
-                             "responses .jsonl file)")
+            raise ValueError(
+                f"--system {spec!r}: expected NAME=PATH (a model folder, hub id, PEFT adapter folder or "
+                "responses .jsonl file)"
+            )
         if any(system.name == name for system in systems):
             raise ValueError(f"--system: the name {name!r} is given twice")
         systems.append(System(name=name, path=path, prompt_suffix=prompt_suffixes.pop(name, "")))
@@ -96,11 +98,14 @@ def read_comparison_folder(folder: str | os.PathLike) -> list[System]:
     data = json.loads(manifest.read_text())
     entries = data.get("systems") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{manifest}: expected {{\"systems\": [{{\"name\": ..., \"path\": ...}}, ...]}}")
+        raise ValueError(f'{manifest}: expected {{"systems": [{{"name": ..., "path": ...}}, ...]}}')
     systems = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("path"),
-                                                                                                      str):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("path"), str)
+        ):
             raise ValueError(f"{manifest}: systems[{index}] needs string fields 'name' and 'path'")
         path = Path(entry["path"])
         path = path if path.is_absolute() else folder / path
@@ -109,24 +114,35 @@ def read_comparison_folder(folder: str | os.PathLike) -> list[System]:
 
 
 def responses_cache_key(
-    system: System, *, max_new_tokens: int, max_prompt_length: int, dtype: str | None = None,
-    load_in_4bit: bool = False, seed: int = 0,
+    system: System,
+    *,
+    max_new_tokens: int,
+    max_prompt_length: int,
+    dtype: str | None = None,
+    load_in_4bit: bool = False,
+    seed: int = 0,
 ) -> dict:
     """What a model system's responses depend on: the model (its weights, see `model_identity`, and how it is
     loaded) and the generation settings."""
     loading = {"dtype": dtype, "load_in_4bit": load_in_4bit}
     if system.path == TINY_LLAMA:  # built, not loaded: the seed is its weights
         loading["seed"] = seed
-    return {"model": model_identity(system.path, **loading), "prompt_suffix": system.prompt_suffix,
-            "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length}
+    return {
+        "model": model_identity(system.path, **loading),
+        "prompt_suffix": system.prompt_suffix,
+        "max_new_tokens": max_new_tokens,
+        "max_prompt_length": max_prompt_length,
+    }
 
 
 def reward_cache_key(
     reward_model_name_or_path: str, *, prompt_format: str, dtype: str | None = None, load_in_4bit: bool = False
 ) -> dict:
     """What reward scores depend on: the reward model (weights and loading) and the prompt format."""
-    return {"model": model_identity(reward_model_name_or_path, dtype=dtype, load_in_4bit=load_in_4bit),
-            "prompt_format": prompt_format}
+    return {
+        "model": model_identity(reward_model_name_or_path, dtype=dtype, load_in_4bit=load_in_4bit),
+        "prompt_format": prompt_format,
+    }
 
 
 def system_responses(
@@ -156,19 +172,39 @@ def system_responses(
     if system.kind == "responses":
         responses = read_responses_file(system.path, prompts)
     else:
-        key = responses_cache_key(system, max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
-                                  dtype=dtype, load_in_4bit=load_in_4bit, seed=seed)
-        cache = KeyedCache(output_dir / "cache" / f"{system.name}.jsonl", key,
-                           what=f"responses of system '{system.name}'")
+        key = responses_cache_key(
+            system,
+            max_new_tokens=max_new_tokens,
+            max_prompt_length=max_prompt_length,
+            dtype=dtype,
+            load_in_4bit=load_in_4bit,
+            seed=seed,
+        )
+        cache = KeyedCache(
+            output_dir / "cache" / f"{system.name}.jsonl", key, what=f"responses of system '{system.name}'"
+        )
         cached = {row["prompt"]: row["response"] for row in cache.rows()}
         if all(prompt in cached for prompt in prompts):  # finished before: nothing to load or generate
             responses = {prompt: cached[prompt] for prompt in prompts}
         else:
-            model, tokenizer = load_policy(system.path, load_in_4bit=load_in_4bit, dtype=dtype, device=device,
-                                           trust_remote_code=trust_remote_code, seed=seed)
+            model, tokenizer = load_policy(
+                system.path,
+                load_in_4bit=load_in_4bit,
+                dtype=dtype,
+                device=device,
+                trust_remote_code=trust_remote_code,
+                seed=seed,
+            )
             responses = generate_responses(
-                model, tokenizer, prompts, prompt_suffix=system.prompt_suffix, max_new_tokens=max_new_tokens,
-                max_prompt_length=max_prompt_length, batch_size=batch_size, cache_path=cache.path, progress=progress,
+                model,
+                tokenizer,
+                prompts,
+                prompt_suffix=system.prompt_suffix,
+                max_new_tokens=max_new_tokens,
+                max_prompt_length=max_prompt_length,
+                batch_size=batch_size,
+                cache_path=cache.path,
+                progress=progress,
                 desc=f"generating ({system.name})",
             )
             del model
@@ -211,20 +247,36 @@ def evaluate_systems(
     all_responses = {}
     for system in systems:
         all_responses[system.name] = system_responses(
-            system, test_data, output_dir, max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
-            batch_size=batch_size, load_in_4bit=load_in_4bit, dtype=dtype, device=device,
-            trust_remote_code=trust_remote_code, seed=seed, progress=progress,
+            system,
+            test_data,
+            output_dir,
+            max_new_tokens=max_new_tokens,
+            max_prompt_length=max_prompt_length,
+            batch_size=batch_size,
+            load_in_4bit=load_in_4bit,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            progress=progress,
         )
 
     all_rewards: dict[str, dict[str, float] | None] = dict.fromkeys(names)
     if reward_model_name_or_path:
-        key = reward_cache_key(reward_model_name_or_path, prompt_format=reward_prompt_format, dtype=dtype,
-                               load_in_4bit=reward_load_in_4bit)
+        key = reward_cache_key(
+            reward_model_name_or_path,
+            prompt_format=reward_prompt_format,
+            dtype=dtype,
+            load_in_4bit=reward_load_in_4bit,
+        )
         reward_model = tokenizer = None
         for system in systems:
             responses = all_responses[system.name]
-            cache = KeyedCache(output_dir / "cache" / f"{system.name}.rewards.jsonl", key,
-                               what=f"reward scores of system '{system.name}'")
+            cache = KeyedCache(
+                output_dir / "cache" / f"{system.name}.rewards.jsonl",
+                key,
+                what=f"reward scores of system '{system.name}'",
+            )
             scored = {(row["prompt"], row["response"]): row["score"] for row in cache.rows()}
             todo = [(p, r) for p, r in responses.items() if (p, r) not in scored]
             if todo:
@@ -232,13 +284,22 @@ def evaluate_systems(
                     from trl_pro.pipeline.reward_models import load_reward_model
 
                     reward_model, tokenizer = load_reward_model(
-                        reward_model_name_or_path, load_in_4bit=reward_load_in_4bit, dtype=dtype, device=device,
+                        reward_model_name_or_path,
+                        load_in_4bit=reward_load_in_4bit,
+                        dtype=dtype,
+                        device=device,
                         trust_remote_code=trust_remote_code,
                     )
                     check_single_score_head(reward_model, f"reward model {reward_model_name_or_path}")
-                scores = reward_scores(reward_model, tokenizer, [p for p, _ in todo], [r for _, r in todo],
-                                       prompt_format=reward_prompt_format, batch_size=reward_batch_size,
-                                       progress=progress)
+                scores = reward_scores(
+                    reward_model,
+                    tokenizer,
+                    [p for p, _ in todo],
+                    [r for _, r in todo],
+                    prompt_format=reward_prompt_format,
+                    batch_size=reward_batch_size,
+                    progress=progress,
+                )
                 cache.append([{"prompt": p, "response": r, "score": s} for (p, r), s in zip(todo, scores)])
                 scored.update(zip(todo, scores))
             all_rewards[system.name] = {p: scored[(p, r)] for p, r in responses.items()}
@@ -257,5 +318,3 @@ def evaluate_systems(
     if plot:
         plot_results(results, output_dir / "results.png")
     return results
-
-

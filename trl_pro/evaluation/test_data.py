@@ -45,8 +45,10 @@ def example_from_row(row: dict, index: int, subset: str) -> EvalExample:
     ranking = rank(to_ranking(row, index, data_format, expect_scores), index, None)
     prompt, reference = ranking["prompt"], ranking["completions"][0]
     if not isinstance(prompt, str) or not isinstance(reference, str):
-        raise ValueError(f"Row {index}, field 'prompt': conversational rows are not supported by `trl-pro eval` "
-                         "yet; give plain-text '\\n\\nHuman: ...\\n\\nAssistant:' prompts")
+        raise ValueError(
+            f"Row {index}, field 'prompt': conversational rows are not supported by `trl-pro eval` "
+            "yet; give plain-text '\\n\\nHuman: ...\\n\\nAssistant:' prompts"
+        )
     if not prompt.strip():
         raise ValueError(f"Row {index}, field 'prompt': empty prompt (the candidates share no dialogue)")
     if not reference.strip():
@@ -82,8 +84,10 @@ def _views_folder_hint(path: Path) -> str | None:
     if len(views) < 2:
         return None
     best = "ranked" if "ranked" in views else views[0]
-    return (f"{path} holds several datasets ({', '.join(views)}, as `prepare_data` writes its views): give one, e.g. "
-            f"{path / best}")
+    return (
+        f"{path} holds several datasets ({', '.join(views)}, as `prepare_data` writes its views): give one, e.g. "
+        f"{path / best}"
+    )
 
 
 def read_test_rows(name: str, *, config: str | None = None, split: str = "test") -> list[dict]:
@@ -103,8 +107,10 @@ def read_test_rows(name: str, *, config: str | None = None, split: str = "test")
         raise ValueError(hint)
     dataset = load_named_dataset(name, config, train_split=split)
     if split not in dataset:
-        raise ValueError(f"{name}: no '{split}' split to evaluate on (splits: {', '.join(sorted(dataset))}); choose "
-                         "one with --dataset_test_split")
+        raise ValueError(
+            f"{name}: no '{split}' split to evaluate on (splits: {', '.join(sorted(dataset))}); choose "
+            "one with --dataset_test_split"
+        )
     return dataset[split].to_list()
 
 
@@ -141,8 +147,9 @@ def load_test_data(
         for index, row in enumerate(rows):
             subset = subset_name if named else row.get(subset_column, default)
             if not isinstance(subset, str) or not subset:
-                raise ValueError(f"{name}: row {index}, field '{subset_column}': expected a subset name, got "
-                                 f"{subset!r}")
+                raise ValueError(
+                    f"{name}: row {index}, field '{subset_column}': expected a subset name, got {subset!r}"
+                )
             try:
                 example = example_from_row(row, index, subset)
             except ValueError as error:
@@ -151,8 +158,10 @@ def load_test_data(
     if subsets:
         missing = [name for name in subsets if not by_subset.get(name)]
         if missing:
-            raise ValueError(f"subset {missing[0]!r} has no rows in the test data (subsets found: "
-                             f"{', '.join(sorted(by_subset)) or 'none'})")
+            raise ValueError(
+                f"subset {missing[0]!r} has no rows in the test data (subsets found: "
+                f"{', '.join(sorted(by_subset)) or 'none'})"
+            )
         by_subset = {name: by_subset[name] for name in subsets}
     else:
         by_subset = {name: by_subset[name] for name in _subset_order(by_subset)}
@@ -175,8 +184,9 @@ def read_responses_file(path: str | os.PathLike, prompts: Sequence[str] | None =
     for index, row in enumerate(read_json_rows(path)):
         for name in ("prompt", "response"):
             if not isinstance(row.get(name), str):
-                raise ValueError(f"{path}: row {index}, field '{name}': expected a string, got "
-                                 f"{type(row.get(name)).__name__}")
+                raise ValueError(
+                    f"{path}: row {index}, field '{name}': expected a string, got {type(row.get(name)).__name__}"
+                )
         prompt = row["prompt"]
         if prompt in responses and responses[prompt] != row["response"]:
             raise ValueError(f"{path}: row {index}, field 'prompt': a second, different response to the same prompt")
@@ -191,13 +201,17 @@ def check_responses_cover(responses: dict[str, str], prompts: Sequence[str], whe
     missing = [i for i, prompt in enumerate(prompts) if prompt not in responses]
     if missing:
         first = prompts[missing[0]]
-        raise ValueError(f"{where}: no response for {len(missing)} of the {len(prompts)} test prompts (first: test "
-                         f"prompt {missing[0]}, {_clip(first)!r})")
+        raise ValueError(
+            f"{where}: no response for {len(missing)} of the {len(prompts)} test prompts (first: test "
+            f"prompt {missing[0]}, {_clip(first)!r})"
+        )
     extra = [i for i, prompt in enumerate(responses) if prompt not in wanted]
     if extra:
         first = list(responses)[extra[0]]
-        raise ValueError(f"{where}: {len(extra)} prompts are not in the test data (first: row {extra[0]}, "
-                         f"{_clip(first)!r}); evaluate on the data these responses were generated for")
+        raise ValueError(
+            f"{where}: {len(extra)} prompts are not in the test data (first: row {extra[0]}, "
+            f"{_clip(first)!r}); evaluate on the data these responses were generated for"
+        )
 
 
 def _clip(text: str, width: int = 60) -> str:
@@ -213,8 +227,14 @@ def responses_rows(test_data: dict[str, list[EvalExample]], responses: dict[str,
             if example.prompt in seen:
                 continue
             seen.add(example.prompt)
-            rows.append({"prompt": example.prompt, "response": responses[example.prompt], "subset": subset,
-                         "reference": example.reference})
+            rows.append(
+                {
+                    "prompt": example.prompt,
+                    "response": responses[example.prompt],
+                    "subset": subset,
+                    "reference": example.reference,
+                }
+            )
     return rows
 
 
@@ -223,5 +243,3 @@ RESPONSES_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 def is_responses_file(path: str) -> bool:
     return Path(path).is_file() and path.endswith(RESPONSES_SUFFIXES)
-
-

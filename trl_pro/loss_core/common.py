@@ -74,7 +74,7 @@ FUSED_IMPLEMENTATIONS = ("auto", "triton", "torch")  # "auto", then the names of
 IMPLEMENTATIONS = FUSED_IMPLEMENTATIONS + ("trl",)  # "trl": the baseline, through `ranking_loss_from_hidden` only
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_importable() -> bool:
     """Whether Triton is installed and imports (an optional extra of trl-pro)."""
     if importlib.util.find_spec("triton") is None:

@@ -161,7 +161,9 @@ def resolve_objective(
             "sft_loss_reduction and rank_loss_terms configure PRO; with an `objective`, set them on the objective."
         )
     if not isinstance(objective, RankingObjective):
-        raise TypeError(f"objective must be a trl_pro.objectives.base.RankingObjective, got {type(objective).__name__}.")
+        raise TypeError(
+            f"objective must be a trl_pro.objectives.base.RankingObjective, got {type(objective).__name__}."
+        )
     return objective
 
 
@@ -186,11 +188,14 @@ def resolve_implementation(implementation: str, device: torch.device, dtype: tor
     the parity probe there, "torch" otherwise; checks that an explicit "triton" can run."""
     if implementation not in FUSED_IMPLEMENTATIONS:
         if implementation in IMPLEMENTATIONS:
-            raise ValueError(f"implementation={implementation!r} is only available through `ranking_loss_from_hidden`.")
+            raise ValueError(
+                f"implementation={implementation!r} is only available through `ranking_loss_from_hidden`."
+            )
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
     if implementation == "auto":
         return next(
-            entry.name for entry in LOSS_IMPLEMENTATIONS
+            entry.name
+            for entry in LOSS_IMPLEMENTATIONS
             if entry.auto(device) and (entry.guard is None or dtype is None or entry.guard(device, dtype))
         )
     error = _BY_NAME[implementation].unavailable(device)

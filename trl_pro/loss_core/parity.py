@@ -53,8 +53,9 @@ def probe_difference(fused_ranking_loss, device: torch.device, dtype: torch.dtyp
     results = {}
     for implementation in ("torch", "triton"):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        output = fused_ranking_loss(h, w, None, targets, layout, rewards, sft_weight=0.1,
-                                    implementation=implementation)
+        output = fused_ranking_loss(
+            h, w, None, targets, layout, rewards, sft_weight=0.1, implementation=implementation
+        )
         output.loss.backward()
         results[implementation] = (output.loss.detach(), h.grad, w.grad)
     difference = 0.0
@@ -73,16 +74,24 @@ def triton_matches_torch(fused_ranking_loss, device: torch.device, dtype: torch.
         tolerance = PROBE_RTOL.get(dtype, PROBE_RTOL[torch.float32])
         try:
             difference = probe_difference(fused_ranking_loss, device, dtype)
-            problem = None if difference <= tolerance else (
-                f"differs from the torch path by {difference:.3g} (relative; tolerance {tolerance:g})")
+            problem = (
+                None
+                if difference <= tolerance
+                else (f"differs from the torch path by {difference:.3g} (relative; tolerance {tolerance:g})")
+            )
         except Exception as error:  # a kernel that does not compile or run on this device: any error, by design
             problem = f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         if problem is None:
-            logger.info(f"loss_implementation='auto': the Triton loss core matches the torch path on {device} in "
-                        f"{dtype} (relative difference {difference:.3g}); using it")
+            logger.info(
+                f"loss_implementation='auto': the Triton loss core matches the torch path on {device} in "
+                f"{dtype} (relative difference {difference:.3g}); using it"
+            )
         else:
-            warnings.warn(f"loss_implementation='auto': the Triton loss core on {device} in {dtype} {problem}; the "
-                          "torch path runs instead for the rest of the run (loss_implementation='triton' would "
-                          "use the kernels anyway)", stacklevel=2)
+            warnings.warn(
+                f"loss_implementation='auto': the Triton loss core on {device} in {dtype} {problem}; the "
+                "torch path runs instead for the rest of the run (loss_implementation='triton' would "
+                "use the kernels anyway)",
+                stacklevel=2,
+            )
         _VERDICTS[key] = "triton" if problem is None else "torch"
     return _VERDICTS[key] == "triton"

@@ -134,7 +134,12 @@ def block_mask(segment_ids: torch.Tensor, block_size: int = 128):
 
     batch, length = segment_ids.shape
     return create_block_mask(
-        shared_prompt_mask_mod(segment_ids), batch, None, length, length, device=segment_ids.device,
+        shared_prompt_mask_mod(segment_ids),
+        batch,
+        None,
+        length,
+        length,
+        device=segment_ids.device,
         BLOCK_SIZE=block_size,
     )
 
@@ -151,5 +156,3 @@ def model_inputs(segment_ids: torch.Tensor, backend: str, dtype: torch.dtype) ->
             f"({', '.join(SHARED_PROMPT_ATTENTION)}), got {backend!r}; use `shared_prompt=False`."
         )
     return {"attention_mask": mask, "position_ids": position_ids(segment_ids)}
-
-

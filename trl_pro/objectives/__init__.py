@@ -10,5 +10,12 @@ from trl_pro.objectives.pro import PROObjective, pro_loss, pro_loss_terms
 from trl_pro.objectives.rrhf import RRHFObjective, rrhf_loss, rrhf_loss_terms
 
 
-__all__ = ["PROObjective", "RRHFObjective", "RankingObjective", "pro_loss", "pro_loss_terms", "rrhf_loss",
-           "rrhf_loss_terms"]
+__all__ = [
+    "PROObjective",
+    "RRHFObjective",
+    "RankingObjective",
+    "pro_loss",
+    "pro_loss_terms",
+    "rrhf_loss",
+    "rrhf_loss_terms",
+]

@@ -7,5 +7,14 @@ from trl_pro.pipeline.rankings import build_rankings, dataset_rankings
 from trl_pro.pipeline.reward_models import load_reward_model, score_completions
 
 
-__all__ = ["build_rankings", "collect_candidates", "dataset_rankings", "generate_local", "generate_openai",
-           "load_policy", "load_reward_model", "resolve_model", "score_completions"]
+__all__ = [
+    "build_rankings",
+    "collect_candidates",
+    "dataset_rankings",
+    "generate_local",
+    "generate_openai",
+    "load_policy",
+    "load_reward_model",
+    "resolve_model",
+    "score_completions",
+]

@@ -146,8 +146,14 @@ def generate_local(
     _check_local_settings(num_generations, do_sample, batch_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     generation_config = _local_generation_config(
-        tokenizer, pad_id, num_generations=num_generations, max_completion_length=max_completion_length,
-        do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
+        tokenizer,
+        pad_id,
+        num_generations=num_generations,
+        max_completion_length=max_completion_length,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
     )
     encoded = _encode_prompts(prompts, tokenizer, max_prompt_length)
     device = next(model.parameters()).device
@@ -157,7 +163,8 @@ def generate_local(
             batch = encoded[start : start + batch_size]
             input_ids, attention_mask = _left_padded(batch, pad_id)
             output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
                 generation_config=generation_config,
             )
             completion_ids = output[:, input_ids.shape[1] :].tolist()
@@ -176,8 +183,15 @@ def _check_local_settings(num_generations: int, do_sample: bool, batch_size: int
 
 
 def _local_generation_config(
-    tokenizer: Any, pad_id: int | None, *, num_generations: int, max_completion_length: int, do_sample: bool,
-    temperature: float, top_p: float, top_k: int | None,
+    tokenizer: Any,
+    pad_id: int | None,
+    *,
+    num_generations: int,
+    max_completion_length: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    top_k: int | None,
 ) -> Any:
     """The `GenerationConfig` of one `generate_local` call (sampling settings only when sampling)."""
     from transformers import GenerationConfig
@@ -295,9 +309,11 @@ def generate_openai(
         where = functools.partial(_failed_request, base_url or getattr(client, "base_url", ""), prompt, index)
         texts = []
         for _ in range(num_generations):
-            texts.append(_with_retries(
-                request, retryable=retryable, max_retries=max_retries, backoff_seconds=backoff_seconds, where=where
-            ))
+            texts.append(
+                _with_retries(
+                    request, retryable=retryable, max_retries=max_retries, backoff_seconds=backoff_seconds, where=where
+                )
+            )
         results.append(texts)
     return results
 
@@ -367,8 +383,12 @@ def generate_vllm(
     llm = llm or vllm.LLM(model=model_name_or_path, seed=seed or 0)
     tokenizer = llm.get_tokenizer()
     params = vllm.SamplingParams(
-        n=num_generations, max_tokens=max_completion_length, temperature=temperature, top_p=top_p,
-        top_k=top_k if top_k else -1, seed=seed,
+        n=num_generations,
+        max_tokens=max_completion_length,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k if top_k else -1,
+        seed=seed,
     )
     texts = [render_prompt(prompt, tokenizer) for prompt in prompts]
     outputs = llm.generate(texts, params)
@@ -455,8 +475,12 @@ def _build_local(args: Any, progress: bool) -> tuple[CandidateSource, dict[str, 
     from trl_pro.pipeline.models import load_policy
 
     model, tokenizer = load_policy(
-        args.model_name_or_path, adapter_path=args.adapter_path, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
-        device="cuda" if torch.cuda.is_available() else None, trust_remote_code=args.trust_remote_code,
+        args.model_name_or_path,
+        adapter_path=args.adapter_path,
+        load_in_4bit=args.load_in_4bit,
+        dtype=args.dtype,
+        device="cuda" if torch.cuda.is_available() else None,
+        trust_remote_code=args.trust_remote_code,
     )
     name = args.source_name or args.model_name_or_path + (f"+{args.adapter_path}" if args.adapter_path else "")
     sampling = _sampling_args(args)
@@ -464,9 +488,17 @@ def _build_local(args: Any, progress: bool) -> tuple[CandidateSource, dict[str, 
 
     def generate(prompts, k):
         return generate_local(
-            model, tokenizer, prompts, num_generations=k, max_prompt_length=args.max_prompt_length,
-            do_sample=args.do_sample, top_k=args.top_k, batch_size=args.generation_batch_size,
-            seed=seed_box["seed"], progress=progress, **sampling,
+            model,
+            tokenizer,
+            prompts,
+            num_generations=k,
+            max_prompt_length=args.max_prompt_length,
+            do_sample=args.do_sample,
+            top_k=args.top_k,
+            batch_size=args.generation_batch_size,
+            seed=seed_box["seed"],
+            progress=progress,
+            **sampling,
         )
 
     return CandidateSource(name, generate), seed_box
@@ -481,8 +513,13 @@ def _check_openai(args: Any) -> None:
 def _build_openai(args: Any, progress: bool) -> tuple[CandidateSource, None]:
     """`openai_source` on `--base_url`, the key read from the environment variable `--api_key_env`."""
     return openai_source(
-        args.api_model or args.model_name_or_path, name=args.source_name, base_url=args.base_url,
-        api_key=os.environ.get(args.api_key_env), api=args.api, max_retries=args.max_retries, progress=progress,
+        args.api_model or args.model_name_or_path,
+        name=args.source_name,
+        base_url=args.base_url,
+        api_key=os.environ.get(args.api_key_env),
+        api=args.api,
+        max_retries=args.max_retries,
+        progress=progress,
         **_sampling_args(args),
     ), None
 
@@ -504,12 +541,20 @@ def _build_vllm(args: Any, progress: bool) -> tuple[CandidateSource, None]:
 SOURCE_KINDS: tuple[SourceKind, ...] = (
     SourceKind("local", "--model_name_or_path", "--model_name_or_path (a local model)", _selects_local, _build_local),
     SourceKind(
-        "openai", "--base_url", "--base_url with --api_model (an OpenAI-compatible endpoint)",
-        lambda args: bool(args.base_url), _build_openai, _check_openai,
+        "openai",
+        "--base_url",
+        "--base_url with --api_model (an OpenAI-compatible endpoint)",
+        lambda args: bool(args.base_url),
+        _build_openai,
+        _check_openai,
     ),
     SourceKind(
-        "vllm", "--use_vllm", "--use_vllm with --model_name_or_path (vLLM in this process, GPU only)",
-        lambda args: bool(args.use_vllm), _build_vllm, _check_vllm,
+        "vllm",
+        "--use_vllm",
+        "--use_vllm with --model_name_or_path (vLLM in this process, GPU only)",
+        lambda args: bool(args.use_vllm),
+        _build_vllm,
+        _check_vllm,
     ),
 )
 

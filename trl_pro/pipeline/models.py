@@ -61,9 +61,6 @@ def _to_dtype(dtype: Any) -> torch.dtype | None:
     return value
 
 
-
-
-
 #: Built-in model name: a random-init tiny Llama from the package's config, with the shipped tokenizer.
 TINY_LLAMA = "trl-pro/tiny-llama"
 
@@ -93,9 +90,7 @@ def resolve_model(model_args, training_args):
 
     name = model_args.model_name_or_path
     if not name:
-        raise SetupError(
-            f"no model: give --model_name_or_path (a hub id, a local path, or the built-in {TINY_LLAMA})"
-        )
+        raise SetupError(f"no model: give --model_name_or_path (a hub id, a local path, or the built-in {TINY_LLAMA})")
     name = check_local_path(name)
     quantization_config = get_quantization_config(model_args)
     peft_config = get_peft_config(model_args)
@@ -134,8 +129,6 @@ def resolve_model(model_args, training_args):
     return name, tokenizer, quantization_config, peft_config
 
 
-
-
 def load_policy(
     name_or_path: str,
     *,
@@ -161,8 +154,10 @@ def load_policy(
         adapter_path = name_or_path
         name_or_path = json.loads((Path(name_or_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
         if name_or_path == TINY_LLAMA:
-            raise ValueError(f"{adapter_path}: an adapter on the built-in {TINY_LLAMA} (random init) cannot be "
-                             "reloaded; train it with a saved base model")
+            raise ValueError(
+                f"{adapter_path}: an adapter on the built-in {TINY_LLAMA} (random init) cannot be "
+                "reloaded; train it with a saved base model"
+            )
         try:
             name_or_path = check_local_path(name_or_path)
         except NoSuchFolderError as error:  # the base model was moved or deleted since the adapter was saved
@@ -197,4 +192,6 @@ def load_policy(
 
 def _has_tokenizer(path: str) -> bool:
     directory = Path(path)
-    return directory.is_dir() and any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json"))
+    return directory.is_dir() and any(
+        (directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")
+    )

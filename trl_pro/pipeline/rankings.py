@@ -87,8 +87,11 @@ def dataset_rankings(dataset, drop_invalid_rows: bool = False, for_generation: b
         try:
             ranking = to_ranking(example, index, data_format, expect_scores, min_candidates=0 if for_generation else 2)
             sources = example.get("sources") if data_format == RANKED else None
-            if sources is not None and (not isinstance(sources, list) or len(sources) != len(ranking["completions"])
-                                        or not all(isinstance(s, str) for s in sources)):
+            if sources is not None and (
+                not isinstance(sources, list)
+                or len(sources) != len(ranking["completions"])
+                or not all(isinstance(s, str) for s in sources)
+            ):
                 raise ValueError(f"Row {index}, field 'sources': expected one source name per completion")
         except ValueError as error:
             if not drop_invalid_rows:
@@ -104,12 +107,14 @@ def dataset_rankings(dataset, drop_invalid_rows: bool = False, for_generation: b
         if sft_index is not None:  # an explicit sft_index names the preferred candidate: the dataset's top-1
             order.remove(sft_index)
             order.insert(0, sft_index)
-        result.append({
-            "prompt": ranking["prompt"],
-            "completions": [completions[i] for i in order],
-            "scores": None if scores is None else [scores[i] for i in order],
-            "sources": [sources[i] for i in order],
-        })
+        result.append(
+            {
+                "prompt": ranking["prompt"],
+                "completions": [completions[i] for i in order],
+                "scores": None if scores is None else [scores[i] for i in order],
+                "sources": [sources[i] for i in order],
+            }
+        )
     if dropped:
         logger.warning(
             f"dropped {len(dropped)} of {len(rows)} invalid rows (drop_invalid_rows=True); first: {dropped[0]}"
@@ -158,14 +163,21 @@ def build_rankings(
     ]
     if reward_model is not None:
         _score_merged(
-            merged, reward_model, tokenizer, prompt_format=prompt_format, batch_size=batch_size,
-            max_length=max_length, progress=progress, row_offset=row_offset,
+            merged,
+            reward_model,
+            tokenizer,
+            prompt_format=prompt_format,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
+            row_offset=row_offset,
         )
     else:
         _check_dataset_scores(merged, row_offset)
     return [
-        _ranked_row(row, row_offset + index, rerank=rerank, keep_top1=keep_top1, max_completions=max_completions,
-                    stats=stats)
+        _ranked_row(
+            row, row_offset + index, rerank=rerank, keep_top1=keep_top1, max_completions=max_completions, stats=stats
+        )
         for index, row in enumerate(merged)
     ]
 
@@ -200,8 +212,15 @@ def _merge_candidates(
 
 
 def _score_merged(
-    merged: list[dict[str, Any]], reward_model: Any, tokenizer: Any, *, prompt_format: str, batch_size: int,
-    max_length: int | None, progress: bool, row_offset: int,
+    merged: list[dict[str, Any]],
+    reward_model: Any,
+    tokenizer: Any,
+    *,
+    prompt_format: str,
+    batch_size: int,
+    max_length: int | None,
+    progress: bool,
+    row_offset: int,
 ) -> None:
     """Every merged candidate scored by the reward model in one pass; an error names the dataset row and candidate."""
     flat_prompts, flat_completions, owners = [], [], []
@@ -212,8 +231,14 @@ def _score_merged(
             owners.append(index)
     try:
         flat_scores = score_completions(
-            reward_model, tokenizer, flat_prompts, flat_completions, prompt_format=prompt_format,
-            batch_size=batch_size, max_length=max_length, progress=progress,
+            reward_model,
+            tokenizer,
+            flat_prompts,
+            flat_completions,
+            prompt_format=prompt_format,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
         )
     except ValueError as error:
         message = str(error)
@@ -243,7 +268,12 @@ def _check_dataset_scores(merged: list[dict[str, Any]], row_offset: int) -> None
 
 
 def _ranked_row(
-    row: dict[str, Any], row_number: int, *, rerank: bool, keep_top1: bool, max_completions: int | None,
+    row: dict[str, Any],
+    row_number: int,
+    *,
+    rerank: bool,
+    keep_top1: bool,
+    max_completions: int | None,
     stats: RankingStats,
 ) -> dict[str, Any]:
     """One scored row as an output ranking: ordered (`order_candidates`), capped, with `rm_scores` where needed."""

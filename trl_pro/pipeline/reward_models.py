@@ -184,9 +184,9 @@ def split_hh_dialogue(text: str) -> list[dict[str, str]]:
     found_marker = False
     for paragraph in text.split("\n\n"):
         if paragraph.startswith("Human:"):
-            speaker, message = "user", paragraph[len("Human:"):]
+            speaker, message = "user", paragraph[len("Human:") :]
         elif paragraph.startswith("Assistant:"):
-            speaker, message = "assistant", paragraph[len("Assistant:"):]
+            speaker, message = "assistant", paragraph[len("Assistant:") :]
         elif role is not None:  # a paragraph break inside a turn
             parts.append(paragraph.strip())
             continue
@@ -343,7 +343,10 @@ def score_completions(
 
 
 def _score_with_function(
-    reward_fn: Callable[..., Sequence[float]], prompts: Sequence[Any], completions: Sequence[Any], batch_size: int,
+    reward_fn: Callable[..., Sequence[float]],
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    batch_size: int,
     progress: bool,
 ) -> list[float]:
     """Scores from a TRL-style reward function, called once per batch of `batch_size` rows, each score checked."""
@@ -356,8 +359,7 @@ def _score_with_function(
         values = list(reward_fn(prompts=list(prompts[start:stop]), completions=list(completions[start:stop])))
         if len(values) != stop - start:
             raise ValueError(
-                f"Rows {start}-{stop - 1}: the reward function returned {len(values)} scores for "
-                f"{stop - start} rows"
+                f"Rows {start}-{stop - 1}: the reward function returned {len(values)} scores for {stop - start} rows"
             )
         for offset, value in enumerate(values):
             scores[start + offset] = _check_score(value, start + offset)

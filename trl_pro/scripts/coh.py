@@ -36,8 +36,10 @@ class CoHScriptArguments(ScriptArguments):
 
     max_prompt_length: int | None = field(
         default=384,
-        metadata={"help": "Prompts keep their last max_prompt_length tokens, BOS included (as PRO's); the whole CoH "
-                  "sequence is then cut to max_length."},
+        metadata={
+            "help": "Prompts keep their last max_prompt_length tokens, BOS included (as PRO's); the whole CoH "
+            "sequence is then cut to max_length."
+        },
     )
 
 
@@ -77,7 +79,8 @@ def build_trainer(script_args, training_args, model_args, dataset_args):
     model, tokenizer, quantization_config, peft_config = resolve_model(model_args, training_args)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(
-            model_args.model_name_or_path, revision=model_args.model_revision,
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
             trust_remote_code=training_args.trust_remote_code,
         )
     with training_args.main_process_first(local=False, desc="building CoH rows"):
@@ -87,7 +90,10 @@ def build_trainer(script_args, training_args, model_args, dataset_args):
             splits["eval"] = _split(dataset, script_args.dataset_test_split, "evaluation", required=True)
         tokenized = {
             name: tokenize_coh_dataset(
-                rows, tokenizer, training_args.max_length, script_args.max_prompt_length,
+                rows,
+                tokenizer,
+                training_args.max_length,
+                script_args.max_prompt_length,
                 num_proc=training_args.dataset_num_proc,
             )
             for name, rows in splits.items()
@@ -115,8 +121,10 @@ def main(script_args, training_args, model_args, dataset_args):
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(training_args.output_dir)
-    trainer.accelerator.print(f"💾 Model saved to {training_args.output_dir}. At inference, end the prompt with the "
-                              "positive phrase ' A helpful answer:' (trl_pro.data.coh.coh_prompt).")
+    trainer.accelerator.print(
+        f"💾 Model saved to {training_args.output_dir}. At inference, end the prompt with the "
+        "positive phrase ' A helpful answer:' (trl_pro.data.coh.coh_prompt)."
+    )
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     trainer.accelerator.wait_for_everyone()

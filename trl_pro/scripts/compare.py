@@ -98,15 +98,32 @@ _RANKING_FLAGS = {"eval_before_training": False}
 METHODS: dict[str, Method] = {
     "pro": Method("trl_pro.scripts.pro", "ranked", flags=dict(_RANKING_FLAGS)),
     "rrhf": Method("trl_pro.scripts.rrhf", "ranked", flags=dict(_RANKING_FLAGS)),
-    "best_of_n": Method("trl.scripts.sft", "best_of_n", trainer="SFTTrainer",
-                        flags={"completion_only_loss": True, "packing": False}),
+    "best_of_n": Method(
+        "trl.scripts.sft", "best_of_n", trainer="SFTTrainer", flags={"completion_only_loss": True, "packing": False}
+    ),
     "coh": Method("trl_pro.scripts.coh", "coh", prompt_suffix=_coh_phrase()),
     "dpo": Method("trl.scripts.dpo", "pairs", trainer="DPOTrainer", flags={"beta": 0.1}),
-    "rloo": Method("trl.scripts.rloo", "prompts", trainer="RLOOTrainer", reward="reward_model_name_or_path",
-                   flags={"num_generations": 4, "temperature": 1.0, "beta": 0.05}),
-    "ppo": Method("ppo", "prompts", reward="reward_model_path",
-                  flags={"stop_token": "eos", "temperature": 1.0, "kl_coef": 0.05, "num_ppo_epochs": 4,
-                         "num_mini_batches": 1, "missing_eos_penalty": 1.0, "num_sample_generations": 0}),
+    "rloo": Method(
+        "trl.scripts.rloo",
+        "prompts",
+        trainer="RLOOTrainer",
+        reward="reward_model_name_or_path",
+        flags={"num_generations": 4, "temperature": 1.0, "beta": 0.05},
+    ),
+    "ppo": Method(
+        "ppo",
+        "prompts",
+        reward="reward_model_path",
+        flags={
+            "stop_token": "eos",
+            "temperature": 1.0,
+            "kl_coef": 0.05,
+            "num_ppo_epochs": 4,
+            "num_mini_batches": 1,
+            "missing_eos_penalty": 1.0,
+            "num_sample_generations": 0,
+        },
+    ),
 }
 
 
@@ -137,8 +154,10 @@ class CompareArguments:
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision for every method."})
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU."})
     overrides: dict | str | None = field(
-        default=None, metadata={"help": "Flags per method, e.g. '{\"all\": {\"use_peft\": true}, \"dpo\": {\"beta\": "
-                                "0.2}}' (a mapping in YAML)."}
+        default=None,
+        metadata={
+            "help": 'Flags per method, e.g. \'{"all": {"use_peft": true}, "dpo": {"beta": 0.2}}\' (a mapping in YAML).'
+        },
     )
     ppo_python: str = field(
         default=str(REPO_ROOT / ".venv-ppo" / "bin" / "python"),
@@ -146,10 +165,12 @@ class CompareArguments:
     )
     method_timeout: float | None = field(
         default=None,
-        metadata={"help": "Seconds a method run in a subprocess (PPO) may take, loading included; past it the run is "
-                  "stopped with its processes, the table says `timed out after N s` and the next method runs. "
-                  "Default: no limit (a 7B PPO run takes hours). The methods trained in this process cannot be "
-                  "stopped safely midway and have no limit."},
+        metadata={
+            "help": "Seconds a method run in a subprocess (PPO) may take, loading included; past it the run is "
+            "stopped with its processes, the table says `timed out after N s` and the next method runs. "
+            "Default: no limit (a 7B PPO run takes hours). The methods trained in this process cannot be "
+            "stopped safely midway and have no limit."
+        },
     )
     overwrite: bool = field(default=False, metadata={"help": "Train again systems already finished."})
 
@@ -160,11 +181,16 @@ class CompareParser(OneLineErrors, TrlParser):
 
 def make_parser(subparsers=None, prog: str | None = None):
     if subparsers is not None:
-        return subparsers.add_parser("compare", help="Train PRO and every baseline on one ranked dataset",
-                                     dataclass_types=(CompareArguments,))
-    return CompareParser((CompareArguments,), prog=prog or PROG, allow_abbrev=False,
-                         description="Train PRO and every baseline from one ranked dataset and one base model; writes "
-                         "each system and comparison.json under --output_dir and prints a table.")
+        return subparsers.add_parser(
+            "compare", help="Train PRO and every baseline on one ranked dataset", dataclass_types=(CompareArguments,)
+        )
+    return CompareParser(
+        (CompareArguments,),
+        prog=prog or PROG,
+        allow_abbrev=False,
+        description="Train PRO and every baseline from one ranked dataset and one base model; writes "
+        "each system and comparison.json under --output_dir and prints a table.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -227,8 +253,13 @@ def prepare_views(args: CompareArguments, data_dir: Path, dataset: dict[str, Any
     from trl_pro.scripts import prepare_data
 
     done = data_dir / "views.json"
-    settings = {"dataset_name": args.dataset_name, "pairs": args.pairs, "test_size": args.test_size, "seed": args.seed,
-                "dataset": content_key(dataset or dataset_identity(args.dataset_name))}
+    settings = {
+        "dataset_name": args.dataset_name,
+        "pairs": args.pairs,
+        "test_size": args.test_size,
+        "seed": args.seed,
+        "dataset": content_key(dataset or dataset_identity(args.dataset_name)),
+    }
     if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
         return json.loads(done.read_text())["rows"]
     dataset = load_named_dataset(args.dataset_name)
@@ -258,8 +289,9 @@ def materialize_base_model(args: CompareArguments, output_dir: Path) -> str:
     return str(folder)
 
 
-def shared_flags(name: str, args: CompareArguments, base_model: str, data_dir: Path,
-                 output_dir: Path) -> dict[str, Any]:
+def shared_flags(
+    name: str, args: CompareArguments, base_model: str, data_dir: Path, output_dir: Path
+) -> dict[str, Any]:
     """The settings every method gets (before its own flags and `--overrides`)."""
     method = METHODS[name]
     return {
@@ -288,8 +320,9 @@ def shared_flags(name: str, args: CompareArguments, base_model: str, data_dir: P
     }
 
 
-def method_flags(name: str, args: CompareArguments, base_model: str, data_dir: Path, output_dir: Path,
-                 overrides: dict) -> dict[str, Any]:
+def method_flags(
+    name: str, args: CompareArguments, base_model: str, data_dir: Path, output_dir: Path, overrides: dict
+) -> dict[str, Any]:
     """Every flag of one method's run: shared settings, the method's own, then `--overrides`."""
     method = METHODS[name]
     flags = shared_flags(name, args, base_model, data_dir, output_dir)
@@ -301,8 +334,9 @@ def method_flags(name: str, args: CompareArguments, base_model: str, data_dir: P
     return flags
 
 
-def system_key(name: str, flags: dict[str, Any], args: CompareArguments, shared: dict[str, Any],
-               dataset: dict[str, Any]) -> dict[str, Any]:
+def system_key(
+    name: str, flags: dict[str, Any], args: CompareArguments, shared: dict[str, Any], dataset: dict[str, Any]
+) -> dict[str, Any]:
     """What determines the system a method's run trains, one field each: `dataset` (the ranked data and its split),
     `base_model`, `reward_model` (methods that use one), `training` (the shared settings, as this method gets them
     after its overrides) and `method` (every other flag: the method's own and those `--overrides` adds). Paths are
@@ -370,8 +404,10 @@ def run_in_process(name: str, flags: dict[str, Any]) -> dict[str, Any]:
         if trainer.is_world_process_zero() and trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(trainer.args.output_dir)
         trainer.accelerator.wait_for_everyone()
-    result = {"steps": trainer.state.global_step,
-              "train_seconds": _train_seconds(trainer, time.perf_counter() - start)}
+    result = {
+        "steps": trainer.state.global_step,
+        "train_seconds": _train_seconds(trainer, time.perf_counter() - start),
+    }
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -442,8 +478,9 @@ def run_ppo(flags: dict[str, Any], args: CompareArguments) -> dict[str, Any]:
         flags["total_episodes"] = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # nothing of trl-pro's TRL 1.16
     env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    returncode, stderr = run_subprocess([args.ppo_python, str(PPO_SCRIPT), *_argv(flags, None)], env,
-                                        args.method_timeout)
+    returncode, stderr = run_subprocess(
+        [args.ppo_python, str(PPO_SCRIPT), *_argv(flags, None)], env, args.method_timeout
+    )
     if returncode != 0:
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"exit status {returncode}")
@@ -491,21 +528,42 @@ def main(args: CompareArguments) -> int:
         dataset = dataset_identity(args.dataset_name)
         rows = prepare_views(args, output_dir / "data", dataset)
         base_model = materialize_base_model(args, output_dir)
-    print(f"{PROG}: {rows.get('train')} train / {rows.get('test')} test rankings from {args.dataset_name} "
-          f"(views in {output_dir / 'data'}), base model {base_model}", flush=True)
+    print(
+        f"{PROG}: {rows.get('train')} train / {rows.get('test')} test rankings from {args.dataset_name} "
+        f"(views in {output_dir / 'data'}), base model {base_model}",
+        flush=True,
+    )
 
-    base = {"name": "base", "method": "base", "status": "kept", "path": base_model, "prompt_suffix": "",
-            "steps": 0, "train_seconds": 0.0, "base_model": base_model}
+    base = {
+        "name": "base",
+        "method": "base",
+        "status": "kept",
+        "path": base_model,
+        "prompt_suffix": "",
+        "steps": 0,
+        "train_seconds": 0.0,
+        "base_model": base_model,
+    }
     runs: dict[str, dict] = {}  # this run's methods
     # Systems an earlier run trained that this one does not run: still listed, with their own keys
-    carried = {name: run for name, run in previous_runs.items()
-               if name in METHODS and name not in args.methods and run.get("status") in ("trained", "kept")
-               and (output_dir / run["path"]).is_dir()}
+    carried = {
+        name: run
+        for name, run in previous_runs.items()
+        if name in METHODS
+        and name not in args.methods
+        and run.get("status") in ("trained", "kept")
+        and (output_dir / run["path"]).is_dir()
+    }
     # This run's dataset, base model and reward model key fields: does every listed system share them?
-    current_fields = key_entry({"dataset": split_identity(dataset, args),
-                                "base_model": model_identity(base_model),
-                                "reward_model": None if args.reward_model_name_or_path is None
-                                else model_identity(args.reward_model_name_or_path)})["key_fields"]
+    current_fields = key_entry(
+        {
+            "dataset": split_identity(dataset, args),
+            "base_model": model_identity(base_model),
+            "reward_model": None
+            if args.reward_model_name_or_path is None
+            else model_identity(args.reward_model_name_or_path),
+        }
+    )["key_fields"]
 
     def manifest_path_of(run) -> str | None:
         """A system's path as comparison.json gives it: relative to the folder, or absolute outside it. A base
@@ -524,8 +582,9 @@ def main(args: CompareArguments) -> int:
         return [base, *(merged[name] for name in METHODS if name in merged)]
 
     def write_manifest():
-        listed = [run for run in all_runs()
-                  if run["status"] in ("trained", "kept") and manifest_path_of(run) is not None]
+        listed = [
+            run for run in all_runs() if run["status"] in ("trained", "kept") and manifest_path_of(run) is not None
+        ]
         trained = [run for run in listed if run["method"] != "base"]
 
         def shared_by_all(field, runs_using=trained):
@@ -542,9 +601,19 @@ def main(args: CompareArguments) -> int:
             manifest["reward_model"] = args.reward_model_name_or_path
         manifest["runs"] = all_runs()
         manifest["systems"] = [
-            {"name": run["name"], "path": manifest_path_of(run), "prompt_suffix": run["prompt_suffix"],
-             "method": run["method"], "steps": run["steps"], "train_seconds": run["train_seconds"],
-             **{field: run[field] for field in ("dataset_name", "base_model", "reward_model", "key") if field in run}}
+            {
+                "name": run["name"],
+                "path": manifest_path_of(run),
+                "prompt_suffix": run["prompt_suffix"],
+                "method": run["method"],
+                "steps": run["steps"],
+                "train_seconds": run["train_seconds"],
+                **{
+                    field: run[field]
+                    for field in ("dataset_name", "base_model", "reward_model", "key")
+                    if field in run
+                },
+            }
             for run in listed
         ]
         atomic_write_json(manifest_path, manifest)
@@ -552,8 +621,14 @@ def main(args: CompareArguments) -> int:
     failed = False
     for name in args.methods:
         method = METHODS[name]
-        run = {"name": name, "method": name, "path": name, "prompt_suffix": method.prompt_suffix,
-               "steps": None, "train_seconds": None}
+        run = {
+            "name": name,
+            "method": name,
+            "path": name,
+            "prompt_suffix": method.prompt_suffix,
+            "steps": None,
+            "train_seconds": None,
+        }
         flags = method_flags(name, args, base_model, output_dir / "data", output_dir, overrides)
         shared = shared_flags(name, args, base_model, output_dir / "data", output_dir)
         with one_line_errors(PROG):
@@ -562,8 +637,9 @@ def main(args: CompareArguments) -> int:
         if method.reward:
             trained_with["reward_model"] = flags[method.reward]
         earlier = previous_runs.get(name)
-        finished = (earlier is not None and earlier.get("status") in ("trained", "kept")
-                    and (output_dir / name).is_dir())
+        finished = (
+            earlier is not None and earlier.get("status") in ("trained", "kept") and (output_dir / name).is_dir()
+        )
         if finished and not args.overwrite and earlier.get("key") == entry["key"]:
             run.update(trained_with, status="kept", steps=earlier["steps"], train_seconds=earlier["train_seconds"])
         elif (reason := skip_reason(name, args)) is not None:
@@ -571,8 +647,11 @@ def main(args: CompareArguments) -> int:
         else:
             if finished and not args.overwrite:
                 changed = changed_fields(earlier.get("key_fields") or {}, entry["key_fields"])
-                why = (f"it was trained with another {', '.join(changed)}" if earlier.get("key_fields")
-                       else "it has no recorded key (an older trl-pro wrote it)")
+                why = (
+                    f"it was trained with another {', '.join(changed)}"
+                    if earlier.get("key_fields")
+                    else "it has no recorded key (an older trl-pro wrote it)"
+                )
                 print(f"{PROG}: training {name} again: {why}", flush=True)
             print(f"{PROG}: training {name} ...", flush=True)
             try:
@@ -595,8 +674,9 @@ def main(args: CompareArguments) -> int:
         write_manifest()
     write_manifest()
     # carried systems did not run this time: the table says they are listed (as an earlier run left them)
-    print(format_table([run | {"status": "listed"} if run["name"] in carried else run for run in all_runs()],
-                       output_dir))
+    print(
+        format_table([run | {"status": "listed"} if run["name"] in carried else run for run in all_runs()], output_dir)
+    )
     print(f"Systems listed in {manifest_path} (trl-pro eval reads this folder)")
     return 1 if failed else 0
 

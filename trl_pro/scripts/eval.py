@@ -47,36 +47,47 @@ class EvalScriptArguments:
 
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Folder for results.json, results.md, results.png, responses/<system>.jsonl and the cache "
-                  "that lets an interrupted run resume (required)."},
+        metadata={
+            "help": "Folder for results.json, results.md, results.png, responses/<system>.jsonl and the cache "
+            "that lets an interrupted run resume (required)."
+        },
     )
     system: list[str] = field(
         default_factory=list,
-        metadata={"help": "A system to evaluate, NAME=PATH; repeat the flag for several. PATH is a model (local "
-                  "folder, hub id, PEFT adapter folder, or the built-in trl-pro/tiny-llama) or a responses file "
-                  "(.jsonl: one {\"prompt\", \"response\"} row per test prompt). Systems of --config and of the "
-                  "command line are combined."},
+        metadata={
+            "help": "A system to evaluate, NAME=PATH; repeat the flag for several. PATH is a model (local "
+            "folder, hub id, PEFT adapter folder, or the built-in trl-pro/tiny-llama) or a responses file "
+            '(.jsonl: one {"prompt", "response"} row per test prompt). Systems of --config and of the '
+            "command line are combined."
+        },
     )
     prompt_suffix: list[str] = field(
         default_factory=list,
-        metadata={"help": "Text appended to every prompt of one system, NAME=TEXT (e.g. Chain of Hindsight's "
-                  "positive phrase); repeat for several systems. \\n escapes are understood."},
+        metadata={
+            "help": "Text appended to every prompt of one system, NAME=TEXT (e.g. Chain of Hindsight's "
+            "positive phrase); repeat for several systems. \\n escapes are understood."
+        },
     )
     comparison_dir: str | None = field(
         default=None,
-        metadata={"help": "A comparison folder (`trl-pro compare --output_dir`): every system its comparison.json "
-                  "lists ({\"systems\": [{\"name\", \"path\", \"prompt_suffix\"}]}, paths relative to the folder) "
-                  "is evaluated, besides the --system ones.", "aliases": ["--comparison"]},
+        metadata={
+            "help": "A comparison folder (`trl-pro compare --output_dir`): every system its comparison.json "
+            'lists ({"systems": [{"name", "path", "prompt_suffix"}]}, paths relative to the folder) '
+            "is evaluated, besides the --system ones.",
+            "aliases": ["--comparison"],
+        },
     )
     dataset_name: list[str] = field(
         default_factory=list,
-        metadata={"help": "Test data, named as for every other command: a hub id, a local folder (a `prepare_data` "
-                  "view such as <output_dir>/ranked, a folder of data files, a `save_to_disk` folder) or a local "
-                  "json, jsonl, csv, parquet or arrow file (optionally .gz/.bz2/.xz/.zst compressed: the whole file "
-                  "is the test data). Rows: HH-RLHF pairs (chosen/rejected), preference rows with a prompt, ranked "
-                  "rows (prompt, completions[, scores]) or the PRO authors' rows (prefix, suffix). SUBSET=NAME gives "
-                  "one dataset per subset (repeat the flag, or give several); a bare NAME takes each row's subset "
-                  "from --subset_column. Default: the vendored HH-RLHF test slice (200 harmless-base rows)."},
+        metadata={
+            "help": "Test data, named as for every other command: a hub id, a local folder (a `prepare_data` "
+            "view such as <output_dir>/ranked, a folder of data files, a `save_to_disk` folder) or a local "
+            "json, jsonl, csv, parquet or arrow file (optionally .gz/.bz2/.xz/.zst compressed: the whole file "
+            "is the test data). Rows: HH-RLHF pairs (chosen/rejected), preference rows with a prompt, ranked "
+            "rows (prompt, completions[, scores]) or the PRO authors' rows (prefix, suffix). SUBSET=NAME gives "
+            "one dataset per subset (repeat the flag, or give several); a bare NAME takes each row's subset "
+            "from --subset_column. Default: the vendored HH-RLHF test slice (200 harmless-base rows)."
+        },
     )
     dataset_config: str | None = field(
         default=None, metadata={"help": "Configuration of a hub dataset (`name` of `datasets.load_dataset`)."}
@@ -96,14 +107,19 @@ class EvalScriptArguments:
     max_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each subset."})
     reward_model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Evaluation reward model (single-score sequence classifier, e.g. the paper's "
-                  "OpenAssistant/oasst-rm-2-pythia-6.9b-epoch-1, or a TRL RewardTrainer output). Without it, Reward "
-                  "is not computed."},
+        metadata={
+            "help": "Evaluation reward model (single-score sequence classifier, e.g. the paper's "
+            "OpenAssistant/oasst-rm-2-pythia-6.9b-epoch-1, or a TRL RewardTrainer output). Without it, Reward "
+            "is not computed."
+        },
     )
     reward_prompt_format: str = field(
         default="auto",
-        metadata={"help": "How the reward model reads (prompt, response): auto, oasst, chat_template or plain (as "
-                  "`trl-pro rank`).", "choices": ["auto", "oasst", "chat_template", "plain"]},
+        metadata={
+            "help": "How the reward model reads (prompt, response): auto, oasst, chat_template or plain (as "
+            "`trl-pro rank`).",
+            "choices": ["auto", "oasst", "chat_template", "plain"],
+        },
     )
     reward_batch_size: int = field(default=8, metadata={"help": "Batch size of reward scoring."})
     reward_load_in_4bit: bool = field(default=False, metadata={"help": "Load the reward model in 4 bits (NF4)."})
@@ -117,8 +133,10 @@ class EvalScriptArguments:
     load_in_4bit: bool = field(default=False, metadata={"help": "Load model systems in 4 bits (NF4, bitsandbytes)."})
     dtype: str | None = field(
         default=None,
-        metadata={"help": "Weights dtype of model systems and reward model.",
-                  "choices": ["auto", "float32", "bfloat16", "float16"]},
+        metadata={
+            "help": "Weights dtype of model systems and reward model.",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+        },
     )
     device: str | None = field(default=None, metadata={"help": "Device (e.g. cuda:0); default: where they load."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
@@ -147,8 +165,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         "responses/<system>.jsonl. A rerun with the same --output_dir reuses what is done.",
     )
     if subparsers is not None:
-        parser = subparsers.add_parser("eval", help="Evaluate systems (BLEU, reward)",
-                                       dataclass_types=(EvalScriptArguments,), **kwargs)
+        parser = subparsers.add_parser(
+            "eval", help="Evaluate systems (BLEU, reward)", dataclass_types=(EvalScriptArguments,), **kwargs
+        )
     else:
         parser = EvalParser((EvalScriptArguments,), prog=prog or PROG, allow_abbrev=False, **kwargs)
     _extend_list_flags(parser, ("system", "prompt_suffix", "dataset_name", "test_file"))
@@ -170,8 +189,10 @@ def check_eval_dependencies() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise SetupError(f"{', '.join(missing)} not installed (the metrics and the plot need the `eval` extra): "
-                         "pip install 'trl-pro[eval]'")
+        raise SetupError(
+            f"{', '.join(missing)} not installed (the metrics and the plot need the `eval` extra): "
+            "pip install 'trl-pro[eval]'"
+        )
 
 
 def parse_test_datasets(items: list[str]) -> dict[str, str] | list[str] | None:
@@ -198,8 +219,11 @@ def load_test_data_from_args(args, max_samples: int | None = None):
     from trl_pro.evaluation.test_data import load_test_data
 
     # A YAML `dataset_name: x.parquet` is a string, not a list
-    names = [name for value in (args.dataset_name, args.test_file)
-             for name in ([value] if isinstance(value, str) else value or [])]
+    names = [
+        name
+        for value in (args.dataset_name, args.test_file)
+        for name in ([value] if isinstance(value, str) else value or [])
+    ]
     return load_test_data(
         parse_test_datasets(names),
         subset_column=getattr(args, "subset_column", "subset"),
@@ -222,12 +246,21 @@ def main(args: EvalScriptArguments) -> dict:
         systems += read_comparison_folder(args.comparison_dir)
     test_data = load_test_data_from_args(args, max_samples=args.max_samples)
     results = evaluate_systems(
-        systems, test_data, args.output_dir,
-        reward_model_name_or_path=args.reward_model_name_or_path, reward_prompt_format=args.reward_prompt_format,
-        reward_batch_size=args.reward_batch_size, reward_load_in_4bit=args.reward_load_in_4bit,
-        max_new_tokens=args.max_completion_length, max_prompt_length=args.max_prompt_length,
-        batch_size=args.batch_size, load_in_4bit=args.load_in_4bit, dtype=args.dtype, device=args.device,
-        trust_remote_code=args.trust_remote_code, seed=args.seed,
+        systems,
+        test_data,
+        args.output_dir,
+        reward_model_name_or_path=args.reward_model_name_or_path,
+        reward_prompt_format=args.reward_prompt_format,
+        reward_batch_size=args.reward_batch_size,
+        reward_load_in_4bit=args.reward_load_in_4bit,
+        max_new_tokens=args.max_completion_length,
+        max_prompt_length=args.max_prompt_length,
+        batch_size=args.batch_size,
+        load_in_4bit=args.load_in_4bit,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        seed=args.seed,
     )
     from pathlib import Path
 

@@ -73,8 +73,10 @@ class DataArguments(ScriptArguments):
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Redo the output even when it is the finished output of this run, and replace an output of "
-                  "other settings (refused otherwise)."},
+        metadata={
+            "help": "Redo the output even when it is the finished output of this run, and replace an output of "
+            "other settings (refused otherwise)."
+        },
     )
 
 
@@ -97,8 +99,10 @@ class GenerateArguments:
     )
     api: str = field(
         default="auto",
-        metadata={"help": "Endpoint API: chat, completions, or auto (chat for conversational prompts).",
-                  "choices": ["auto", "chat", "completions"]},
+        metadata={
+            "help": "Endpoint API: chat, completions, or auto (chat for conversational prompts).",
+            "choices": ["auto", "chat", "completions"],
+        },
     )
     api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the endpoint's API key."}
@@ -214,8 +218,10 @@ def sharded_output(prog: str, data_args: DataArguments, num_rows: int, manifest:
 
     output = ShardedOutput(data_args.output_path, num_rows, data_args.shard_size, manifest, data_args.overwrite)
     if output.complete:
-        print(f"{prog}: {data_args.output_path} is complete ({output.finished_rows} rows); nothing to do "
-              "(--overwrite redoes it)")
+        print(
+            f"{prog}: {data_args.output_path} is complete ({output.finished_rows} rows); nothing to do "
+            "(--overwrite redoes it)"
+        )
         return None
     return output
 
@@ -273,28 +279,35 @@ def main(data_args: DataArguments, args: GenerateArguments) -> int:
         if seed_box is not None:
             seed_box["seed"] = args.seed + shard
         prompts = [rankings[i]["prompt"] for i in indices]
-        candidates = collect_candidates([source], prompts, args.num_generations, keep_empty=args.keep_empty,
-                                        stats=stats)
+        candidates = collect_candidates(
+            [source], prompts, args.num_generations, keep_empty=args.keep_empty, stats=stats
+        )
         shard_rows = []
         for i, generated in zip(indices, candidates):
             ranking = rankings[i]
-            shard_rows.append({
-                "prompt": ranking["prompt"],
-                "completions": ranking["completions"]
-                + [as_completion(text, ranking["prompt"]) for text, _ in generated],
-                "sources": ranking["sources"] + [name for _, name in generated],
-            })
+            shard_rows.append(
+                {
+                    "prompt": ranking["prompt"],
+                    "completions": ranking["completions"]
+                    + [as_completion(text, ranking["prompt"]) for text, _ in generated],
+                    "sources": ranking["sources"] + [name for _, name in generated],
+                }
+            )
             short_rows += len(shard_rows[-1]["completions"]) < 2
         output.write_shard(shard, shard_rows)
     total = output.finalize()
     produced = sum(stats.produced.values())
     dropped = sum(stats.dropped_empty.values())
-    print(f"{PROG}: wrote {total} rows to {data_args.output_path} ({produced} candidates generated in this run, "
-          f"{dropped} empty dropped, {sum(stats.short_prompts.values())} prompts short of {args.num_generations})")
+    print(
+        f"{PROG}: wrote {total} rows to {data_args.output_path} ({produced} candidates generated in this run, "
+        f"{dropped} empty dropped, {sum(stats.short_prompts.values())} prompts short of {args.num_generations})"
+    )
     if short_rows:
-        print(f"{PROG}: {short_rows} rows have fewer than 2 candidates, so are not rankings yet: `trl-pro rank` and "
-              "`trl-pro pro` refuse them (--drop_invalid_rows drops them); add candidates with another "
-              "`trl-pro generate` run on this output, or generate more per prompt (--num_generations 2 or more)")
+        print(
+            f"{PROG}: {short_rows} rows have fewer than 2 candidates, so are not rankings yet: `trl-pro rank` and "
+            "`trl-pro pro` refuse them (--drop_invalid_rows drops them); add candidates with another "
+            "`trl-pro generate` run on this output, or generate more per prompt (--num_generations 2 or more)"
+        )
     return 0
 
 

@@ -50,21 +50,27 @@ class JudgeScriptArguments:
 
     responses: list[str] = field(
         default_factory=list,
-        metadata={"help": "The two systems' responses files (as `trl-pro eval` writes them in responses/), on the "
-                  "same prompts; the table shows win/tie/lose of the first. Names are the file names unless "
-                  "given as NAME=PATH."},
+        metadata={
+            "help": "The two systems' responses files (as `trl-pro eval` writes them in responses/), on the "
+            "same prompts; the table shows win/tie/lose of the first. Names are the file names unless "
+            "given as NAME=PATH."
+        },
     )
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Folder for judge_results.json/md, the judgment cache judgments.jsonl (a rerun pays "
-                  "nothing twice), and the human sheet (required)."},
+        metadata={
+            "help": "Folder for judge_results.json/md, the judgment cache judgments.jsonl (a rerun pays "
+            "nothing twice), and the human sheet (required)."
+        },
     )
     dataset_name: list[str] = field(
         default_factory=list,
-        metadata={"help": "Optional test data, named as for `trl-pro eval` (a hub id, a local folder such as a "
-                  "`prepare_data` view, or a json, jsonl, csv or parquet file; SUBSET=NAME for one per subset): then "
-                  "both files must answer exactly its prompts, and subsets come from it; otherwise from the responses "
-                  "files' `subset` field."},
+        metadata={
+            "help": "Optional test data, named as for `trl-pro eval` (a hub id, a local folder such as a "
+            "`prepare_data` view, or a json, jsonl, csv or parquet file; SUBSET=NAME for one per subset): then "
+            "both files must answer exactly its prompts, and subsets come from it; otherwise from the responses "
+            "files' `subset` field."
+        },
     )
     dataset_config: str | None = field(
         default=None, metadata={"help": "Configuration of a hub dataset (`name` of `datasets.load_dataset`)."}
@@ -84,8 +90,10 @@ class JudgeScriptArguments:
     )
     base_url: str | None = field(
         default=None,
-        metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; default: OpenAI's API. The key "
-                  "is read from OPENAI_API_KEY (local servers accept any)."},
+        metadata={
+            "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; default: OpenAI's API. The key "
+            "is read from OPENAI_API_KEY (local servers accept any)."
+        },
     )
     judge_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A local causal LM judge (transformers) instead of an endpoint."}
@@ -98,18 +106,24 @@ class JudgeScriptArguments:
     timeout: float = field(default=120.0, metadata={"help": "Seconds a request may take."})
     system_prompt_in_user: bool = field(
         default=False,
-        metadata={"help": "Send the judge instructions at the start of the user message instead of as a system "
-                  "message (for chat templates without a system role)."},
+        metadata={
+            "help": "Send the judge instructions at the start of the user message instead of as a system "
+            "message (for chat templates without a system role)."
+        },
     )
     export_human: bool = field(
         default=False,
-        metadata={"help": "Write a blind A/B sheet (human_sheet.csv, order drawn with --seed; the key in "
-                  "human_key.json) instead of judging."},
+        metadata={
+            "help": "Write a blind A/B sheet (human_sheet.csv, order drawn with --seed; the key in "
+            "human_key.json) instead of judging."
+        },
     )
     import_human: str | None = field(
         default=None,
-        metadata={"help": "A filled-in human_sheet.csv (labels A, B or tie): its table instead of a judge's (the key "
-                  "is read from the same folder)."},
+        metadata={
+            "help": "A filled-in human_sheet.csv (labels A, B or tie): its table instead of a judge's (the key "
+            "is read from the same folder)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the human sheet's A/B order."})
 
@@ -126,8 +140,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         epilog="In --config YAML, keys are the flag names; flags override YAML values.",
     )
     if subparsers is not None:
-        parser = subparsers.add_parser("judge", help="Judge two systems pairwise",
-                                       dataclass_types=(JudgeScriptArguments,), **kwargs)
+        parser = subparsers.add_parser(
+            "judge", help="Judge two systems pairwise", dataclass_types=(JudgeScriptArguments,), **kwargs
+        )
     else:
         parser = JudgeParser((JudgeScriptArguments,), prog=prog or PROG, allow_abbrev=False, **kwargs)
     for action in parser._actions:
@@ -173,8 +188,9 @@ def main(args: JudgeScriptArguments) -> dict | None:
     if args.max_samples is not None:  # a sample of prompts is judged: the rest of each file is left out on purpose
         first_responses = {p: r for p, r in first_responses.items() if p in kept}
         second_responses = {p: r for p, r in second_responses.items() if p in kept}
-    pairs = judges.build_pairs(first_responses, second_responses, test_data, first_subsets,
-                               names=(first_path, second_path))
+    pairs = judges.build_pairs(
+        first_responses, second_responses, test_data, first_subsets, names=(first_path, second_path)
+    )
 
     if args.export_human:
         sheet, key = judges.export_human_sheet(pairs, output_dir, seed=args.seed, names=(first, second))
@@ -188,12 +204,20 @@ def main(args: JudgeScriptArguments) -> dict | None:
         if args.judge_model_name_or_path:
             judge = judges.LocalJudge(args.judge_model_name_or_path, max_new_tokens=args.max_tokens)
         elif args.model:
-            judge = judges.OpenAIJudge(args.model, args.base_url, max_tokens=args.max_tokens,
-                                       max_retries=args.max_retries, backoff=args.retry_backoff,
-                                       timeout=args.timeout, system_prompt_in_user=args.system_prompt_in_user)
+            judge = judges.OpenAIJudge(
+                args.model,
+                args.base_url,
+                max_tokens=args.max_tokens,
+                max_retries=args.max_retries,
+                backoff=args.retry_backoff,
+                timeout=args.timeout,
+                system_prompt_in_user=args.system_prompt_in_user,
+            )
         else:
-            raise ValueError("no judge: give --model (with --base_url for a local server), "
-                             "--judge_model_name_or_path, --export_human or --import_human")
+            raise ValueError(
+                "no judge: give --model (with --base_url for a local server), "
+                "--judge_model_name_or_path, --export_human or --import_human"
+            )
         records = judges.judge_pairs(judge, pairs, output_dir)
         judge_name = judge.name
     table = judges.summarize(records)

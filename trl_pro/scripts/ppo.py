@@ -46,13 +46,17 @@ def _check_versions() -> None:
     try:
         import trl
     except ImportError:
-        _fail("trl is not installed; run this script with the PPO environment: bash tools/install.sh ppo, then "
-              ".venv-ppo/bin/python trl_pro/scripts/ppo.py ...")
+        _fail(
+            "trl is not installed; run this script with the PPO environment: bash tools/install.sh ppo, then "
+            ".venv-ppo/bin/python trl_pro/scripts/ppo.py ..."
+        )
     try:
         from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: F401
     except ImportError:
-        _fail(f"trl {trl.__version__} has no trl.experimental.ppo (TRL 1.12.0 is the last release with PPOTrainer); "
-              "run this script with .venv-ppo/bin/python after `bash tools/install.sh ppo`")
+        _fail(
+            f"trl {trl.__version__} has no trl.experimental.ppo (TRL 1.12.0 is the last release with PPOTrainer); "
+            "run this script with .venv-ppo/bin/python after `bash tools/install.sh ppo`"
+        )
 
 
 def make_parser():
@@ -81,9 +85,11 @@ def _check_same_vocabulary(tokenizer, reward_model_path: str, trust_remote_code:
     except (OSError, ValueError):  # a reward model saved without its tokenizer: nothing to compare
         return
     if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
-        _fail(f"the reward model {reward_model_path} has another vocabulary than the policy; TRL 1.12's PPOTrainer "
-              "feeds the policy's token ids to the reward model, so it needs a reward model trained on the policy's "
-              "tokenizer")
+        _fail(
+            f"the reward model {reward_model_path} has another vocabulary than the policy; TRL 1.12's PPOTrainer "
+            "feeds the policy's token ids to the reward model, so it needs a reward model trained on the policy's "
+            "tokenizer"
+        )
 
 
 def prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None = MAX_PROMPT_LENGTH) -> list[int]:
@@ -97,8 +103,10 @@ def prompt_ids(tokenizer, prompt: str, max_prompt_length: int | None = MAX_PROMP
         return ids
     # the tokenizer's leading special tokens: a probe tokenized with and without them
     probe, plain = tokenizer(text="a")["input_ids"], tokenizer(text="a", add_special_tokens=False)["input_ids"]
-    prefix = next((probe[:start] for start in range(len(probe) - len(plain) + 1)
-                   if probe[start : start + len(plain)] == plain), [])
+    prefix = next(
+        (probe[:start] for start in range(len(probe) - len(plain) + 1) if probe[start : start + len(plain)] == plain),
+        [],
+    )
     if not prefix or ids[: len(prefix)] != prefix:
         prefix = ids[:1] if tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id] else []
     kept = max_prompt_length - len(prefix)
@@ -131,8 +139,9 @@ def _load_prompts(script_args, training_args, tokenizer):
         return {"input_ids": [prompt_ids(tokenizer, prompt) for prompt in batch["prompt"]]}
 
     def prepare(rows):
-        return rows.map(tokenize, batched=True, remove_columns=rows.column_names,
-                        num_proc=training_args.dataset_num_proc)
+        return rows.map(
+            tokenize, batched=True, remove_columns=rows.column_names, num_proc=training_args.dataset_num_proc
+        )
 
     return prepare(train), prepare(evaluation)
 
@@ -143,11 +152,13 @@ def _check_enough_prompts(num_prompts: int, training_args, num_processes: int) -
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * num_processes
     if num_prompts < batch:
         processes = f"{num_processes} process" + ("es" if num_processes != 1 else "")
-        _fail(f"{num_prompts} train prompts is fewer than one PPO rollout batch (per_device_train_batch_size "
-              f"{training_args.per_device_train_batch_size} x gradient_accumulation_steps "
-              f"{training_args.gradient_accumulation_steps} x {processes} = {batch}), which TRL 1.12's PPOTrainer "
-              f"would wait for forever; use more prompts (at least {batch}) or a smaller "
-              "--per_device_train_batch_size or --gradient_accumulation_steps")
+        _fail(
+            f"{num_prompts} train prompts is fewer than one PPO rollout batch (per_device_train_batch_size "
+            f"{training_args.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{training_args.gradient_accumulation_steps} x {processes} = {batch}), which TRL 1.12's PPOTrainer "
+            f"would wait for forever; use more prompts (at least {batch}) or a smaller "
+            "--per_device_train_batch_size or --gradient_accumulation_steps"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,8 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     if training_args.sft_model_path == defaults["sft_model_path"].default:
         training_args.sft_model_path = model_args.model_name_or_path
     if training_args.reward_model_path == defaults["reward_model_path"].default:
-        _fail("--reward_model_path is required (an AutoModelForSequenceClassification with num_labels=1 that reads "
-              "the policy's tokens)")
+        _fail(
+            "--reward_model_path is required (an AutoModelForSequenceClassification with num_labels=1 that reads "
+            "the policy's tokens)"
+        )
 
     trust_remote_code = getattr(model_args, "trust_remote_code", False)  # not a ModelConfig field in TRL 1.12
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
@@ -197,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
     policy = AutoModelForCausalLM.from_pretrained(training_args.sft_model_path, **model_kwargs)
     peft_config = get_peft_config(model_args)
-    ref_policy = None if peft_config is not None else AutoModelForCausalLM.from_pretrained(
-        training_args.sft_model_path, **model_kwargs
+    ref_policy = (
+        None
+        if peft_config is not None
+        else AutoModelForCausalLM.from_pretrained(training_args.sft_model_path, **model_kwargs)
     )
 
     trainer = PPOTrainer(
@@ -228,10 +243,14 @@ def main(argv: list[str] | None = None) -> None:
         }
         with open(os.path.join(training_args.output_dir, "ppo_summary.json.tmp"), "w") as file:
             json.dump(summary, file, indent=1)
-        os.replace(os.path.join(training_args.output_dir, "ppo_summary.json.tmp"),
-                   os.path.join(training_args.output_dir, "ppo_summary.json"))
-        print(f"PPO: {summary['steps']} steps, {summary['episodes']} episodes, {seconds:.1f} s, saved to "
-              f"{training_args.output_dir}")
+        os.replace(
+            os.path.join(training_args.output_dir, "ppo_summary.json.tmp"),
+            os.path.join(training_args.output_dir, "ppo_summary.json"),
+        )
+        print(
+            f"PPO: {summary['steps']} steps, {summary['episodes']} episodes, {seconds:.1f} s, saved to "
+            f"{training_args.output_dir}"
+        )
 
 
 if __name__ == "__main__":

@@ -78,11 +78,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", choices=sorted(DEFAULT_DATASETS), required=True, help="Layout of the dataset.")
     parser.add_argument("--output_dir", required=True, help="Folder that receives one sub-folder per view.")
     parser.add_argument(
-        "--dataset_name", default=None,
-        help="Hub id or local file/folder (default: the source's hub dataset; required for --source ranked)."
+        "--dataset_name",
+        default=None,
+        help="Hub id or local file/folder (default: the source's hub dataset; required for --source ranked).",
     )
     parser.add_argument(
-        "--pairs", default="best_vs_worst", choices=PAIRS,
+        "--pairs",
+        default="best_vs_worst",
+        choices=PAIRS,
         help="DPO pairs of a ranking: the best against the worst (one per prompt), or every adjacent pair.",
     )
     parser.add_argument(
@@ -99,8 +102,10 @@ def make_parser() -> argparse.ArgumentParser:
         "completions; 'none' keeps the raw texts.",
     )
     parser.add_argument(
-        "--test_size", type=float, default=0.02,
-        help="ultrafeedback, ranked: fraction of the rows held out as the test split when there is no `test` split."
+        "--test_size",
+        type=float,
+        default=0.02,
+        help="ultrafeedback, ranked: fraction of the rows held out as the test split when there is no `test` split.",
     )
     parser.add_argument("--seed", type=int, default=42, help="Seed of the train/test split.")
     parser.add_argument("--num_proc", type=int, default=None, help="Processes for `datasets.map`.")
@@ -134,8 +139,9 @@ def _ultrafeedback_ranking(example, index: int, score_field: str, template: str)
     if not instruction:
         reason = f"Row {index}, field 'instruction': empty instruction"
     elif len(candidates) < 2:
-        reason = (f"Row {index}, field 'completions': fewer than 2 candidates with a response and a finite "
-                  f"{score_field}")
+        reason = (
+            f"Row {index}, field 'completions': fewer than 2 candidates with a response and a finite {score_field}"
+        )
     elif scores[0] == scores[-1]:
         reason = f"Row {index}, field 'completions': all candidates tied in {score_field}"
     return {"prompt": prompt, "completions": completions, "scores": scores, "_reason": reason}
@@ -184,11 +190,19 @@ def _converted(source: str, dataset, args):
         convert = _hh_ranking
     # Not from the cache: `datasets` hashes a module's function by its name, so that a cache an older version wrote
     # (other columns) would be reused
-    return DatasetDict({
-        split: data.map(convert, with_indices=True, remove_columns=data.column_names, num_proc=args.num_proc,
-                        desc=split, load_from_cache_file=False)
-        for split, data in dataset.items()
-    })
+    return DatasetDict(
+        {
+            split: data.map(
+                convert,
+                with_indices=True,
+                remove_columns=data.column_names,
+                num_proc=args.num_proc,
+                desc=split,
+                load_from_cache_file=False,
+            )
+            for split, data in dataset.items()
+        }
+    )
 
 
 def _first_reasons(converted) -> dict[str, tuple[int, int, str]]:
@@ -205,8 +219,10 @@ def _kept(source: str, converted, args) -> tuple[object, dict[str, int]]:
     # raw rows (it depends on the row count and the seed only)
     if source in ("ultrafeedback", "ranked") and "test" not in converted:
         converted = converted["train"].train_test_split(test_size=args.test_size, seed=args.seed)
-    out = {split: data.filter(lambda reason: not reason, input_columns="_reason").remove_columns("_reason")
-           for split, data in converted.items()}
+    out = {
+        split: data.filter(lambda reason: not reason, input_columns="_reason").remove_columns("_reason")
+        for split, data in converted.items()
+    }
     return DatasetDict(out), {split: len(converted[split]) - len(data) for split, data in out.items()}
 
 
@@ -222,8 +238,9 @@ def _pair_rows(batch, pairs: str) -> dict[str, list]:
         if pairs == "best_vs_worst":
             candidates = [(0, len(completions) - 1)]
         else:  # adjacent pairs; a pair tied in score carries no preference
-            candidates = [(i, i + 1) for i in range(len(completions) - 1)
-                          if scores is None or scores[i] > scores[i + 1]]
+            candidates = [
+                (i, i + 1) for i in range(len(completions) - 1) if scores is None or scores[i] > scores[i + 1]
+            ]
         for better, worse in candidates:
             out["prompt"].append(prompt)
             out["chosen"].append(completions[better])
@@ -262,7 +279,9 @@ def write_views(all_views: dict[str, object], output_dir: Path) -> list[str]:
 
     for view, data in all_views.items():
         for split, rows in data.items():
-            atomic_write(output_dir / view / f"{split}.parquet", lambda temporary, rows=rows: rows.to_parquet(str(temporary)))
+            atomic_write(
+                output_dir / view / f"{split}.parquet", lambda temporary, rows=rows: rows.to_parquet(str(temporary))
+            )
     return list(all_views)
 
 

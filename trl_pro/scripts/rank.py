@@ -55,13 +55,17 @@ class RankArguments:
 
     reward_model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Reward model (hub id or path): an AutoModelForSequenceClassification with one score, "
-                  "e.g. OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5 (the paper's RM_train)."},
+        metadata={
+            "help": "Reward model (hub id or path): an AutoModelForSequenceClassification with one score, "
+            "e.g. OpenAssistant/oasst-rm-2.1-pythia-1.4b-epoch-2.5 (the paper's RM_train)."
+        },
     )
     reward_prompt_format: str = field(
         default="auto",
-        metadata={"help": "How the reward model reads (prompt, completion).",
-                  "choices": ["auto", "oasst", "chat_template", "plain"]},
+        metadata={
+            "help": "How the reward model reads (prompt, completion).",
+            "choices": ["auto", "oasst", "chat_template", "plain"],
+        },
     )
     reward_batch_size: int = field(default=8, metadata={"help": "Candidates per reward-model forward."})
     reward_max_length: int | None = field(
@@ -97,8 +101,11 @@ def split_generated(ranking: dict) -> tuple[dict, list[tuple]]:
     from trl_pro.pipeline.rankings import DATASET_SOURCE
 
     own = [i for i, source in enumerate(ranking["sources"]) if source == DATASET_SOURCE]
-    generated = [(ranking["completions"][i], ranking["sources"][i]) for i in range(len(ranking["completions"]))
-                 if ranking["sources"][i] != DATASET_SOURCE]
+    generated = [
+        (ranking["completions"][i], ranking["sources"][i])
+        for i in range(len(ranking["completions"]))
+        if ranking["sources"][i] != DATASET_SOURCE
+    ]
     row = {
         "prompt": ranking["prompt"],
         "completions": [ranking["completions"][i] for i in own],
@@ -131,8 +138,11 @@ def main(data_args: DataArguments, args: RankArguments) -> int:
         import torch
 
         reward_model, tokenizer = load_reward_model(
-            args.reward_model_name_or_path, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
-            device="cuda" if torch.cuda.is_available() else None, trust_remote_code=args.trust_remote_code,
+            args.reward_model_name_or_path,
+            load_in_4bit=args.load_in_4bit,
+            dtype=args.dtype,
+            device="cuda" if torch.cuda.is_available() else None,
+            trust_remote_code=args.trust_remote_code,
         )
     stats = RankingStats()
     # the rows scored are the file's rows when none was dropped: a row error can then name its line
@@ -140,16 +150,27 @@ def main(data_args: DataArguments, args: RankArguments) -> int:
     for shard, indices in output.iter_pending(PROG, data_args.progress):
         with rows_with_line_numbers(source):
             ranked = build_rankings(
-                [split[i][0] for i in indices], [split[i][1] for i in indices], reward_model=reward_model,
-                tokenizer=tokenizer, prompt_format=args.reward_prompt_format, rerank=not args.keep_human_order,
-                keep_top1=args.keep_top1, drop_duplicates=args.drop_duplicates, max_completions=args.max_completions,
-                batch_size=args.reward_batch_size, max_length=args.reward_max_length,
-                progress=data_args.progress, stats=stats, row_offset=indices.start,
+                [split[i][0] for i in indices],
+                [split[i][1] for i in indices],
+                reward_model=reward_model,
+                tokenizer=tokenizer,
+                prompt_format=args.reward_prompt_format,
+                rerank=not args.keep_human_order,
+                keep_top1=args.keep_top1,
+                drop_duplicates=args.drop_duplicates,
+                max_completions=args.max_completions,
+                batch_size=args.reward_batch_size,
+                max_length=args.reward_max_length,
+                progress=data_args.progress,
+                stats=stats,
+                row_offset=indices.start,
             )
         output.write_shard(shard, ranked)
     total = output.finalize()
-    print(f"{PROG}: wrote {total} rankings to {data_args.output_path} ({stats.duplicates_dropped} duplicate candidates "
-          f"dropped, {stats.candidates_capped} beyond --max_completions dropped in this run)")
+    print(
+        f"{PROG}: wrote {total} rankings to {data_args.output_path} ({stats.duplicates_dropped} duplicate candidates "
+        f"dropped, {stats.candidates_capped} beyond --max_completions dropped in this run)"
+    )
     return 0
 
 

@@ -168,7 +168,8 @@ def ranking_pairs(completions: list[Any], scores: list[float] | None, pairs: str
     """The `candidate_pairs` of a ranking (best first) that state a preference: a pair tied in score or of two
     identical candidates is left out."""
     return [
-        (i, j) for i, j in candidate_pairs(len(completions), pairs)
+        (i, j)
+        for i, j in candidate_pairs(len(completions), pairs)
         if (scores is None or scores[i] > scores[j]) and completions[i] != completions[j]
     ]
 
@@ -343,8 +344,10 @@ def build_trainer(script_args, training_args, model_args, dataset_args):
     prepared = {"train": trainer.train_dataset, "eval": trainer.eval_dataset}
     for role, rows in preference.items():
         if len(prepared[role]) < len(rows):
-            PartialState().print(f"{PROG}: {names[role]}: {len(prepared[role])} of {len(rows)} pairs have at most "
-                                 f"--max_length {training_args.max_length} tokens; TRL drops the others")
+            PartialState().print(
+                f"{PROG}: {names[role]}: {len(prepared[role])} of {len(rows)} pairs have at most "
+                f"--max_length {training_args.max_length} tokens; TRL drops the others"
+            )
     return trainer, "eval" in preference
 
 
@@ -368,8 +371,11 @@ def merge_and_save(trainer, model_args, training_args) -> None:
         base = base.to(dtype) if dtype is not None else base
     else:
         base = AutoModelForSequenceClassification.from_pretrained(
-            check_local_path(model_args.model_name_or_path), num_labels=1, revision=model_args.model_revision,
-            trust_remote_code=training_args.trust_remote_code, dtype=dtype or torch.float32,
+            check_local_path(model_args.model_name_or_path),
+            num_labels=1,
+            revision=model_args.model_revision,
+            trust_remote_code=training_args.trust_remote_code,
+            dtype=dtype or torch.float32,
         )
     merged = PeftModel.from_pretrained(base, str(output_dir / ADAPTER_DIR)).merge_and_unload()
     merged.config.pad_token_id = trainer.processing_class.pad_token_id
@@ -396,8 +402,9 @@ def main(script_args, training_args, model_args, dataset_args):
     output_dir = Path(training_args.output_dir).resolve()
     if model_args.use_peft and script_args.merge_adapter:
         merge_and_save(trainer, model_args, training_args)
-        trainer.accelerator.print(f"💾 Reward model (adapter merged) saved to {output_dir}, adapter in "
-                                  f"{output_dir / ADAPTER_DIR}")
+        trainer.accelerator.print(
+            f"💾 Reward model (adapter merged) saved to {output_dir}, adapter in {output_dir / ADAPTER_DIR}"
+        )
     else:
         trainer.save_model(training_args.output_dir)
         if trainer.is_world_process_zero():

@@ -164,11 +164,14 @@ def bootstrap_train(trainer, resume_from_checkpoint=None, **train_kwargs):
         ranked = _load_round(folder) if resumed else _rank_round(trainer, reward, rankings, part, round_index, folder)
         started = time.perf_counter()
         output = trainer.train_part(
-            Dataset.from_list([{"prompt": r["prompt"], "completions": r["completions"], "scores": r["scores"]}
-                               for r in ranked.rows]),
-            name=f"train (bootstrap part {round_number}/{len(parts)})", checkpoint_subdir=folder.name,
+            Dataset.from_list(
+                [{"prompt": r["prompt"], "completions": r["completions"], "scores": r["scores"]} for r in ranked.rows]
+            ),
+            name=f"train (bootstrap part {round_number}/{len(parts)})",
+            checkpoint_subdir=folder.name,
             resume_from_checkpoint=checkpoint if round_number == finished + 1 else None,
-            step_offset=offsets[round_index], **train_kwargs,
+            step_offset=offsets[round_index],
+            **train_kwargs,
         )
         _finish_round(trainer, folder, round_number, ranked, training_seconds=time.perf_counter() - started)
     if output is None:  # every round had finished before this resume (their last weights are loaded above)
@@ -213,7 +216,8 @@ class _LazyRewardModel:
         if self.model is None:
             args = self.trainer.args
             self.model, self.tokenizer = load_reward_model(
-                args.bootstrap_reward_model_name_or_path, device=self.trainer.accelerator.device,
+                args.bootstrap_reward_model_name_or_path,
+                device=self.trainer.accelerator.device,
                 trust_remote_code=args.trust_remote_code,
             )
         return self.model, self.tokenizer
@@ -234,8 +238,13 @@ def _load_round(folder: Path) -> _RankedRound:
     """The re-ranked rows an interrupted round was training on, as it wrote them."""
     rows = read_json_rows(folder / RANKINGS_FILE)
     record = json.loads((folder / "round_statistics.json").read_text())
-    return _RankedRound(rows, record["statistics"], record["empty_samples_dropped"], record["generation_seconds"],
-                        record["scoring_seconds"])
+    return _RankedRound(
+        rows,
+        record["statistics"],
+        record["empty_samples_dropped"],
+        record["generation_seconds"],
+        record["scoring_seconds"],
+    )
 
 
 def _rank_round(trainer, reward: _LazyRewardModel, rankings, part: range, round_index: int, folder: Path):
@@ -262,25 +271,41 @@ def _rank_round(trainer, reward: _LazyRewardModel, rankings, part: range, round_
     with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as policy:
         if local:
             samples = generate_local(
-                policy, trainer.processing_class, [row["prompt"] for row in local],
+                policy,
+                trainer.processing_class,
+                [row["prompt"] for row in local],
                 num_generations=args.bootstrap_num_generations,
                 max_completion_length=args.bootstrap_max_completion_length,
                 max_prompt_length=resolve_max_prompt_length(args.max_length, args.max_prompt_length),
-                temperature=args.bootstrap_temperature, top_p=args.bootstrap_top_p, top_k=args.bootstrap_top_k,
+                temperature=args.bootstrap_temperature,
+                top_p=args.bootstrap_top_p,
+                top_k=args.bootstrap_top_k,
                 batch_size=args.bootstrap_generation_batch_size,
                 seed=args.seed + 1000 * round_index + accelerator.process_index,
-                progress=progress, desc=f"Bootstrap round {round_index + 1}/{args.bootstrap_rounds}: sampling",
+                progress=progress,
+                desc=f"Bootstrap round {round_index + 1}/{args.bootstrap_rounds}: sampling",
             )
     generation_seconds = time.perf_counter() - started
     empty = sum(1 for texts in samples for text in texts if not text.strip())
     generated = [[(text, POLICY_SOURCE) for text in texts if text.strip()] for texts in samples]
     started = time.perf_counter()
-    ranked = build_rankings(
-        local, generated, reward_model=reward_model, tokenizer=reward_tokenizer,
-        prompt_format=args.bootstrap_reward_prompt_format, rerank=True, keep_top1=args.bootstrap_keep_top1,
-        drop_duplicates=True, batch_size=args.bootstrap_generation_batch_size, progress=progress,
-        row_offset=part.start + shard.start,
-    ) if local else []
+    ranked = (
+        build_rankings(
+            local,
+            generated,
+            reward_model=reward_model,
+            tokenizer=reward_tokenizer,
+            prompt_format=args.bootstrap_reward_prompt_format,
+            rerank=True,
+            keep_top1=args.bootstrap_keep_top1,
+            drop_duplicates=True,
+            batch_size=args.bootstrap_generation_batch_size,
+            progress=progress,
+            row_offset=part.start + shard.start,
+        )
+        if local
+        else []
+    )
     scoring_seconds = time.perf_counter() - started
     statistics = _round_statistics(ranked, args.bootstrap_num_generations)
     if accelerator.num_processes > 1:
@@ -290,10 +315,15 @@ def _rank_round(trainer, reward: _LazyRewardModel, rankings, part: range, round_
     result = _RankedRound(ranked, all_statistics, empty, generation_seconds, scoring_seconds)
     if args.should_save:
         write_jsonl(folder / RANKINGS_FILE, result.rows)
-        atomic_write_json(folder / "round_statistics.json", {
-            "statistics": all_statistics, "empty_samples_dropped": empty,
-            "generation_seconds": generation_seconds, "scoring_seconds": scoring_seconds,
-        })
+        atomic_write_json(
+            folder / "round_statistics.json",
+            {
+                "statistics": all_statistics,
+                "empty_samples_dropped": empty,
+                "generation_seconds": generation_seconds,
+                "scoring_seconds": scoring_seconds,
+            },
+        )
     accelerator.wait_for_everyone()
     return result
 
@@ -301,18 +331,28 @@ def _rank_round(trainer, reward: _LazyRewardModel, rankings, part: range, round_
 def _finish_round(trainer, folder: Path, round_number: int, ranked: _RankedRound, training_seconds: float) -> None:
     """Step 4's bookkeeping: the round's statistics logged and kept, and its completion mark written."""
     record = _merge_statistics(ranked.statistics)
-    record.update(round=round_number, rows=len(ranked.rows), processes=len(ranked.statistics),
-                  empty_samples_dropped=ranked.empty_samples_dropped, generation_seconds=ranked.generation_seconds,
-                  scoring_seconds=ranked.scoring_seconds, training_seconds=training_seconds)
+    record.update(
+        round=round_number,
+        rows=len(ranked.rows),
+        processes=len(ranked.statistics),
+        empty_samples_dropped=ranked.empty_samples_dropped,
+        generation_seconds=ranked.generation_seconds,
+        scoring_seconds=ranked.scoring_seconds,
+        training_seconds=training_seconds,
+    )
     trainer.bootstrap_history.append(record)
     logs = {f"bootstrap/{key}": float(value) for key, value in record.items() if not isinstance(value, list)}
     logs.update({f"bootstrap/sample_rank_{k + 1}": float(n) for k, n in enumerate(record["sample_rank_histogram"])})
     trainer.log(logs)
     if trainer.args.should_save:
-        atomic_write_json(folder / ROUND_COMPLETE, {
-            "statistics": record, "checkpoint": last_complete_checkpoint(folder),
-            "global_step": trainer.state.global_step,
-        })
+        atomic_write_json(
+            folder / ROUND_COMPLETE,
+            {
+                "statistics": record,
+                "checkpoint": last_complete_checkpoint(folder),
+                "global_step": trainer.state.global_step,
+            },
+        )
     trainer.accelerator.wait_for_everyone()
 
 
@@ -320,8 +360,10 @@ def _merge_statistics(statistics: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-process round statistics combined (sums, histogram sums, sample-weighted means)."""
     samples = sum(s["samples"] for s in statistics)
     width = max((len(s["sample_rank_histogram"]) for s in statistics), default=0)
-    histogram = [sum(s["sample_rank_histogram"][k] for s in statistics if k < len(s["sample_rank_histogram"]))
-                 for k in range(width)]
+    histogram = [
+        sum(s["sample_rank_histogram"][k] for s in statistics if k < len(s["sample_rank_histogram"]))
+        for k in range(width)
+    ]
 
     def weighted(key: str, weight_key: str) -> float:
         pairs = [(s[key], s[weight_key]) for s in statistics if s[weight_key]]

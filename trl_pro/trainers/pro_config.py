@@ -111,16 +111,20 @@ class PROConfig(RankingConfig):
     # Parameters that control self-bootstrapping
     bootstrap_rounds: int = field(
         default=0,
-        metadata={"help": "Self-bootstrapping (Algorithm 1): split the train set into this many parts and, before "
-                  "each, add responses sampled from the current policy, scored and re-ranked. 0 is off."},
+        metadata={
+            "help": "Self-bootstrapping (Algorithm 1): split the train set into this many parts and, before "
+            "each, add responses sampled from the current policy, scored and re-ranked. 0 is off."
+        },
     )
     bootstrap_reward_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Reward model that scores samples and candidates during self-bootstrapping."}
     )
     bootstrap_reward_prompt_format: str = field(
         default="auto",
-        metadata={"help": "How the bootstrap reward model reads (prompt, completion).",
-                  "choices": ["auto", "oasst", "chat_template", "plain"]},
+        metadata={
+            "help": "How the bootstrap reward model reads (prompt, completion).",
+            "choices": ["auto", "oasst", "chat_template", "plain"],
+        },
     )
     bootstrap_num_generations: int = field(
         default=1, metadata={"help": "Responses sampled from the policy per prompt when bootstrapping (paper: 1)."}

@@ -59,10 +59,19 @@ class PROTrainer(RankingTrainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`, or self-bootstrapping (Algorithm 1, `trl_pro.trainers.bootstrapping`) when `bootstrap_rounds > 0`."""
         if self.args.bootstrap_rounds:
-            return bootstrap_train(self, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+            return bootstrap_train(
+                self,
+                resume_from_checkpoint=resume_from_checkpoint,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+                **kwargs,
+            )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
 
     def _objective(self) -> PROObjective:
         return PROObjective(sft_loss_reduction=self.args.sft_loss_reduction, rank_loss_terms=self.args.rank_loss_terms)
@@ -87,5 +96,3 @@ class PROTrainer(RankingTrainer):
     def _check_dataset_scores(self, dataset: Dataset, dataset_name: str, args: RankingConfig) -> None:
         super()._check_dataset_scores(dataset, dataset_name, args)
         self._warn_if_reward_gaps_far_from_one(dataset, dataset_name, args.reward_scale)
-
-

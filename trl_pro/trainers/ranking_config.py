@@ -182,5 +182,3 @@ class RankingConfig(_BaseConfig):
                 f"({self.max_length}) to leave room for the completions.",
             )
         super().__post_init__()
-
-

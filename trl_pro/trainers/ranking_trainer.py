@@ -501,8 +501,10 @@ class RankingTrainer(_BaseTrainer):
         )
         if output.implementation is not None and output.implementation != self.loss_implementation_used:
             # What `loss_implementation` resolved to ("auto": Triton only once it matched the torch path here)
-            logger.info(f"Loss core: the {output.implementation} implementation (loss_implementation="
-                        f"{self.args.loss_implementation!r})")
+            logger.info(
+                f"Loss core: the {output.implementation} implementation (loss_implementation="
+                f"{self.args.loss_implementation!r})"
+            )
             self.loss_implementation_used = output.implementation
             self.model.add_model_tags([f"loss-core-{output.implementation}"])
         weighted_aux_loss = self.router_aux_loss_coef * output.aux_loss if self.aux_loss_enabled else None
@@ -599,8 +601,9 @@ class RankingTrainer(_BaseTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, self.processing_class, self.args, "eval")
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix: str = "eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         # `Trainer` weighs each batch's mean loss by the batch size, and keeps the whole mean of a last batch that
         # accelerate evened out with duplicate prompts on other processes. The per-prompt losses gathered with
@@ -642,9 +645,7 @@ class RankingTrainer(_BaseTrainer):
         ranks = reference_ranks(mask, None if rewards is None else layout.to_padded(rewards)[0])
         return loss.detach(), scores, ranks
 
-    def train(
-        self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs
-    ):
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the last complete checkpoint."""
         # `True` resumes from the last *complete* checkpoint: transformers' `get_last_checkpoint` takes the highest
         # step even when the process died while writing it
@@ -661,8 +662,14 @@ class RankingTrainer(_BaseTrainer):
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     def train_part(
-        self, dataset, *, name: str, checkpoint_subdir: str | None = None, resume_from_checkpoint: str | None = None,
-        step_offset: int = 0, **train_kwargs,
+        self,
+        dataset,
+        *,
+        name: str,
+        checkpoint_subdir: str | None = None,
+        resume_from_checkpoint: str | None = None,
+        step_offset: int = 0,
+        **train_kwargs,
     ):
         """Train on one part of the data with the optimizer state kept from the parts before: `dataset` (rows of any
         accepted format) becomes the train set, checkpoints go to `output_dir/checkpoint_subdir/checkpoint-N`, and
@@ -698,14 +705,17 @@ class RankingTrainer(_BaseTrainer):
         self.create_scheduler(num_training_steps=total_steps)
         self._created_lr_scheduler = False  # not `Trainer`'s own: `train()` keeps it
 
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
-                             trial):
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
         epochs_trained, steps_trained = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
         )
         if self._expected_part_steps is not None and max_steps != self._expected_part_steps:
-            raise RuntimeError(f"a part of {len(self.train_dataset)} rows trains {max_steps} steps, not the "
-                               f"{self._expected_part_steps} its schedule was made for")
+            raise RuntimeError(
+                f"a part of {len(self.train_dataset)} rows trains {max_steps} steps, not the "
+                f"{self._expected_part_steps} its schedule was made for"
+            )
         offset = self._step_offset
         if offset:
             # `Trainer` counts from 0 in every `train()`; a part's steps go on from the parts before it. A resumed
@@ -715,8 +725,11 @@ class RankingTrainer(_BaseTrainer):
             else:
                 in_part = self.state.global_step - offset
                 epochs_trained = int(in_part // num_update_steps_per_epoch)
-                steps_trained = 0 if self.args.ignore_data_skip else (
-                    in_part % num_update_steps_per_epoch) * self.args.gradient_accumulation_steps
+                steps_trained = (
+                    0
+                    if self.args.ignore_data_skip
+                    else (in_part % num_update_steps_per_epoch) * self.args.gradient_accumulation_steps
+                )
             self.state.max_steps = offset + max_steps
         return epochs_trained, steps_trained
 
@@ -795,5 +808,3 @@ class RankingTrainer(_BaseTrainer):
         self._total_train_tokens = state["total_train_tokens"]
         self._metrics["train"].clear()
         self._metrics["train"].update({name: list(value) for name, value in state["train_metrics"].items()})
-
-

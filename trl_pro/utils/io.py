@@ -153,5 +153,3 @@ def read_json_rows(path: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{path}: line {number} is not a JSON object")
         rows.append(row)
     return rows
-
-

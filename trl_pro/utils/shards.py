@@ -49,8 +49,9 @@ def _file_digest(path: Path) -> str:
 class ShardedOutput:
     """Shards of an output file being built; see the module docstring. Nothing is written before the first shard."""
 
-    def __init__(self, output_path: str, num_rows: int, shard_size: int, manifest: dict[str, Any],
-                 overwrite: bool = False):
+    def __init__(
+        self, output_path: str, num_rows: int, shard_size: int, manifest: dict[str, Any], overwrite: bool = False
+    ):
         if shard_size < 1:
             raise ValueError(f"--shard_size must be >= 1, got {shard_size}")
         self.output_path = check_output_path(output_path)
@@ -86,15 +87,20 @@ class ShardedOutput:
             record = json.loads(self.record_path.read_text())
             recorded, digest, rows = record["manifest"], record["sha256"], record["rows"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f"{output} exists but no finished run is recorded for it ({record_name} is missing or "
-                             "unreadable); --overwrite replaces it") from None
+            raise ValueError(
+                f"{output} exists but no finished run is recorded for it ({record_name} is missing or "
+                "unreadable); --overwrite replaces it"
+            ) from None
         if output.stat().st_size != record.get("bytes") or _file_digest(output) != digest:
-            raise ValueError(f"{output} was changed after the run that wrote it ({record_name}); --overwrite redoes "
-                             "it")
+            raise ValueError(
+                f"{output} was changed after the run that wrote it ({record_name}); --overwrite redoes it"
+            )
         changed = _changed_keys(recorded, self.manifest)
         if changed:
-            raise ValueError(f"{output} was written with other settings ({', '.join(changed)} differ); --overwrite "
-                             "redoes it with these, or choose another --output_path")
+            raise ValueError(
+                f"{output} was written with other settings ({', '.join(changed)} differ); --overwrite "
+                "redoes it with these, or choose another --output_path"
+            )
         return rows
 
     def _start(self) -> None:
@@ -130,8 +136,10 @@ class ShardedOutput:
 
         pending = self.pending()
         if len(pending) < self.num_shards and not self.complete:
-            print(f"{prog}: resuming: {self.num_shards - len(pending)} of {self.num_shards} shards already done",
-                  file=sys.stderr)
+            print(
+                f"{prog}: resuming: {self.num_shards - len(pending)} of {self.num_shards} shards already done",
+                file=sys.stderr,
+            )
         for shard in tqdm(pending, desc="Shards", disable=not progress):
             yield shard, self.shard_range(shard)
 
@@ -152,10 +160,15 @@ class ShardedOutput:
             rows.extend(read_json_rows(self.shard_path(shard)))
         write_rows(self.output_path, rows)
         # After the output: a run stopped in between leaves the parts folder, and its rerun finalizes again
-        atomic_write_json(self.record_path, {
-            "manifest": self.manifest, "rows": len(rows), "bytes": self.output_path.stat().st_size,
-            "sha256": _file_digest(self.output_path),
-        })
+        atomic_write_json(
+            self.record_path,
+            {
+                "manifest": self.manifest,
+                "rows": len(rows),
+                "bytes": self.output_path.stat().st_size,
+                "sha256": _file_digest(self.output_path),
+            },
+        )
         shutil.rmtree(self.parts)
         self.finished_rows = len(rows)
         return len(rows)
