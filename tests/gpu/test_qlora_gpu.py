@@ -3,14 +3,11 @@ adapters on every linear layer but the LM head, built through the script's `buil
 tests/trainers/test_qlora.py) with bf16 autocast and the Triton loss core, and trained for a few steps: finite
 losses, and the adapters move (the frozen 4-bit layers pass the gradient down to the first layer)."""
 
-import json
 import math
-import random
 
 import pytest
 import torch
-
-from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer
+from helpers.baseline_data import write_scored_rankings, write_tiny_model
 
 
 pytestmark = pytest.mark.gpu
@@ -61,32 +58,12 @@ TRAIN_FLAGS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_llama(0).save_pretrained(folder)
-    load_tiny_tokenizer().save_pretrained(folder)
-    return folder
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
 def ranked_dir(tmp_path_factory):
-    """Scored rankings of 3 (train 32, test 8), as in tests/trainers/test_qlora.py."""
-    folder = tmp_path_factory.mktemp("ranked")
-    rng = random.Random(0)
-    words = "the cat sat on a mat and then it ran far away because dogs barked at night".split()
-
-    def text(n):
-        return " ".join(rng.choice(words) for _ in range(n))
-
-    for split, rows in (("train", 32), ("test", 8)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for _ in range(rows):
-                row = {
-                    "prompt": f"\n\nHuman: {text(6)}\n\nAssistant:",
-                    "completions": [" " + text(rng.randint(3, 10)) for _ in range(3)],
-                    "scores": [rng.uniform(-1, 1) for _ in range(3)],
-                }
-                f.write(json.dumps(row) + "\n")
-    return folder
+    return write_scored_rankings(tmp_path_factory.mktemp("ranked"))
 
 
 def test_qlora_step_on_gpu(tiny_dir, ranked_dir, tmp_path):

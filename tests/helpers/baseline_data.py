@@ -43,3 +43,35 @@ def last_exchange_pairs(dataset):
         return {"prompt": prompt, "chosen": pair["chosen"], "rejected": pair["rejected"]}
 
     return dataset.map(cut, remove_columns=dataset.column_names)
+
+
+def write_scored_rankings(folder: Path) -> Path:
+    """Scored rankings of 3 (train 32, test 8) as `train.jsonl` / `test.jsonl` in `folder`: the ranked format with
+    the dynamic temperature."""
+    import random
+
+    rng = random.Random(0)
+    words = "the cat sat on a mat and then it ran far away because dogs barked at night".split()
+
+    def text(n):
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    for split, rows in (("train", 32), ("test", 8)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for _ in range(rows):
+                row = {
+                    "prompt": f"\n\nHuman: {text(6)}\n\nAssistant:",
+                    "completions": [" " + text(rng.randint(3, 10)) for _ in range(3)],
+                    "scores": [rng.uniform(-1, 1) for _ in range(3)],
+                }
+                f.write(json.dumps(row) + "\n")
+    return folder
+
+
+def write_tiny_model(folder: Path) -> Path:
+    """The built-in tiny Llama (seed 0) and its tokenizer saved to `folder`, so that `from_pretrained` loads it."""
+    from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer
+
+    build_tiny_llama(0).save_pretrained(folder)
+    load_tiny_tokenizer().save_pretrained(folder)
+    return folder

@@ -5,42 +5,21 @@ import warnings
 import pytest
 import torch
 from datasets import Dataset
+from helpers.rankings import hh_ranking_examples
 
 from trl_pro.assets import build_tiny_llama, load_hh_rlhf_slice
 from trl_pro.data.collator import DataCollatorForRanking
-from trl_pro.data.formats import rank, to_ranking
 from trl_pro.data.layout import RankingLayout
-from trl_pro.data.tokenization import tokenize_ranking
 from trl_pro.loss_core.head import add_ranking_loss_head
 from trl_pro.loss_core.shared_prompt import allowed, block_mask, position_ids, score_indices, shared_prompt_mask_mod
 from trl_pro.trainers.pro_config import PROConfig
 from trl_pro.trainers.pro_trainer import PROTrainer
 
 
-def _hh_examples(tokenizer, max_length, max_prompt_length, lengths=(2, 4, 3)):
-    """Ragged, scored rankings from the vendored HH-RLHF slice, truncated with the trainer's rules."""
-    rows = load_hh_rlhf_slice("test").select(range(12))
-    examples, row = [], 0
-    for i, n in enumerate(lengths):
-        completions, scores = [], []
-        for j in range(n):  # rejected/chosen of consecutive rows, all answering the first row's prompt
-            pair = rows[row + j]
-            completions.append(pair["chosen"][-60 - 17 * j :] if j % 2 == 0 else pair["rejected"][-40 - 11 * j :])
-            scores.append(float((7 * i + 3 * j) % 5) - 1.5)
-        prompt = rows[row]["chosen"][: 300 + 150 * i]
-        row += n
-        ranking = rank(
-            to_ranking({"prompt": prompt, "completions": completions, "scores": scores}, i, "ranked", True), i, None
-        )
-        tokens = tokenize_ranking(ranking, i, tokenizer, max_length, max_prompt_length)
-        examples.append({**tokens, "scores": ranking["scores"], "sft_index": ranking["sft_index"]})
-    return examples
-
-
 @pytest.fixture(scope="module")
 def examples(tokenizer):
     # max_prompt_length truncates the longer prompts from the left, max_length the completions from the right
-    return _hh_examples(tokenizer, max_length=96, max_prompt_length=64)
+    return hh_ranking_examples(tokenizer, max_length=96, max_prompt_length=64)
 
 
 def _forward(model, batch, sft_weight=0.1):

@@ -3,12 +3,12 @@ every linear layer but the LM head, trained through the CLI; the adapter is save
 
 import json
 import os
-import random
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.baseline_data import write_scored_rankings, write_tiny_model
 
 from trl_pro.cli import training
 from trl_pro.pipeline.models import TINY_LLAMA, resolve_model
@@ -20,8 +20,6 @@ bnb = pytest.importorskip("bitsandbytes")
 from peft import PeftModel  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
-
-from trl_pro.assets import build_tiny_llama, load_tiny_tokenizer  # noqa: E402
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,32 +66,12 @@ TRAIN_FLAGS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_llama(0).save_pretrained(folder)
-    load_tiny_tokenizer().save_pretrained(folder)
-    return folder
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
 def ranked_dir(tmp_path_factory):
-    """Scored rankings of 3 (train 32, test 8): exercises the ranked format and the dynamic temperature."""
-    folder = tmp_path_factory.mktemp("ranked")
-    rng = random.Random(0)
-    words = "the cat sat on a mat and then it ran far away because dogs barked at night".split()
-
-    def text(n):
-        return " ".join(rng.choice(words) for _ in range(n))
-
-    for split, rows in (("train", 32), ("test", 8)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for _ in range(rows):
-                row = {
-                    "prompt": f"\n\nHuman: {text(6)}\n\nAssistant:",
-                    "completions": [" " + text(rng.randint(3, 10)) for _ in range(3)],
-                    "scores": [rng.uniform(-1, 1) for _ in range(3)],
-                }
-                f.write(json.dumps(row) + "\n")
-    return folder
+    return write_scored_rankings(tmp_path_factory.mktemp("ranked"))
 
 
 def _bnb_4bit_config():
