@@ -22,6 +22,8 @@ class RankingLossOutput:
         aux_loss: the load-balancing loss of a mixture-of-experts model (unweighted, not in `loss`), set by the patched
             forward (`trl_pro.loss_core.head`) when asked for router logits; None otherwise.
         implementation: the token-level path that ran ("triton", "torch" or "trl"), what "auto" resolved to.
+        logprob_sums: [C] fp32, the summed token log-probs of each candidate, detached (a reference model's pass reads
+            them: `ref_logps` of the objectives that use a reference).
     """
 
     loss: torch.Tensor
@@ -30,6 +32,7 @@ class RankingLossOutput:
     sft_nll: torch.Tensor
     aux_loss: torch.Tensor | None = None
     implementation: str | None = None
+    logprob_sums: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

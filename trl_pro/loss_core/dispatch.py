@@ -29,14 +29,18 @@ def ranking_loss_from_sums(
     rewards: torch.Tensor | None,
     sft_weight: torch.Tensor | float,
     objective: RankingObjective,
+    ref_logps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, RankingLossOutput]:
     """Ranking level with autograd: per-candidate sums of token log-probs [C] -> (loss, detached outputs).
 
-    `rewards` is [C] or None; `sft_weight` is a float or one value per prompt [B]. The loss is the mean over prompts.
+    `rewards` is [C] or None; `sft_weight` is a float or one value per prompt [B]; `ref_logps` [C] the reference's
+    sums for an objective that `uses_reference`. The loss is the mean over prompts.
     """
-    scores, terms, prompt_loss, sft_nll = objective.ranking_level(logprob_sums, layout, rewards, sft_weight)
+    scores, terms, prompt_loss, sft_nll = objective.ranking_level(logprob_sums, layout, rewards, sft_weight, ref_logps)
     loss = prompt_loss.mean()
-    return loss, RankingLossOutput(loss.detach(), scores.detach(), terms.detach(), sft_nll.detach())
+    output = RankingLossOutput(loss.detach(), scores.detach(), terms.detach(), sft_nll.detach())
+    output.logprob_sums = logprob_sums.detach()
+    return loss, output
 
 
 def _token_logprobs_trl(
@@ -66,6 +70,7 @@ def trl_ranking_loss_from_hidden(
     objective: RankingObjective | None = None,
     final_logit_softcapping: float | None = None,
     logit_scale: float = 1.0,
+    ref_logps: torch.Tensor | None = None,
 ) -> RankingLossOutput:
     """The "trl" baseline: TRL's chunked fused LM-head log-probs, per-candidate sums, the objective in torch."""
     objective = resolve_objective(objective, sft_loss_reduction, rank_loss_terms)
@@ -75,7 +80,7 @@ def trl_ranking_loss_from_hidden(
     )
     sums = torch.zeros(layout.num_candidates, device=hidden.device, dtype=torch.float32)
     sums = sums.index_add(0, layout.token_candidate(), logprobs.float())
-    loss, output = ranking_loss_from_sums(sums, layout, rewards, sft_weight, objective)
+    loss, output = ranking_loss_from_sums(sums, layout, rewards, sft_weight, objective, ref_logps)
     output.loss, output.implementation = loss, "trl"
     return output
 
@@ -95,6 +100,7 @@ def ranking_loss_from_hidden(
     implementation: str = "auto",
     logit_scale: float = 1.0,
     final_logit_softcapping: float | None = None,
+    ref_logps: torch.Tensor | None = None,
 ) -> RankingLossOutput:
     """Loss of a ranking objective (PRO's Eq. 7 by default) from the hidden states [T, H] of the positions that
     predict the targets [T].
@@ -104,8 +110,10 @@ def ranking_loss_from_hidden(
     the weight of the SFT term (PRO's beta; 1 for RRHF), a float or [B]. `objective` is a
     `trl_pro.objectives.base.RankingObjective`; without it, PRO with `sft_loss_reduction` ("sum" by default) and
     `rank_loss_terms` ("all" by default). `implementation` is "auto", "triton", "torch" or "trl" (see the module
-    docstring). Gradients flow into `hidden`, `weight` and `bias` for those that require grad; a frozen LM head skips
-    its gradient work entirely.
+    docstring). `ref_logps` [C] are a reference model's summed log-probs of the candidates, for an objective that
+    `uses_reference` (list DPO, LiPO), None otherwise. Gradients flow into `hidden`, `weight` and `bias` for those that
+    require grad; a frozen LM head skips its gradient work entirely. `RankingLossOutput.logprob_sums` are the
+    candidates' summed log-probs (what a reference pass returns).
 
     The logits are `softcap * tanh(logit_scale * (hidden @ weight.T + bias) / softcap)` when `final_logit_softcapping`
     is set, `logit_scale * (hidden @ weight.T + bias)` otherwise, as in TRL's fused LM head (`add_fused_lm_head`).
@@ -127,6 +135,7 @@ def ranking_loss_from_hidden(
         sft_loss_reduction=sft_loss_reduction,
         rank_loss_terms=rank_loss_terms,
         objective=objective,
+        ref_logps=ref_logps,
     )
 
 

@@ -130,7 +130,7 @@ def _ops(implementation: str):
     return _BY_NAME[implementation].token_ops()
 
 
-def _ranking_forward(implementation, objective, sums, layout, rewards, sft_weight, n_max):
+def _ranking_forward(implementation, objective, sums, layout, rewards, sft_weight, n_max, ref_logps):
     """(scores, terms, per-prompt loss, sft_nll, d mean-loss / d sums): the Triton kernel for PRO, autograd otherwise."""
     pro_ranking = _BY_NAME[implementation].pro_ranking
     if pro_ranking is not None and type(objective) is PROObjective:
@@ -147,7 +147,7 @@ def _ranking_forward(implementation, objective, sums, layout, rewards, sft_weigh
         )
     from trl_pro.loss_core import torch_path
 
-    return torch_path.ranking_forward(sums, layout, rewards, sft_weight, objective)
+    return torch_path.ranking_forward(sums, layout, rewards, sft_weight, objective, ref_logps)
 
 
 def resolve_objective(
@@ -213,9 +213,11 @@ class FusedRankingLossFunction(torch.autograd.Function):
     candidate of each token), `rewards` [C] or None, `sft_weight` [B] (beta per prompt, fp32), `n_max` (longest
     ranking), `objective` (`RankingObjective`, e.g. `PROObjective(sft_loss_reduction, rank_loss_terms)`),
     `implementation` ("triton" or "torch"), `tiles` (`TileConfig`), `compute_dtype` (dtype of the GEMM operands;
-    accumulation is fp32).
+    accumulation is fp32), `ref_logps` [C] or None (a reference model's summed log-probs, for an objective that
+    `uses_reference`).
 
-    Returns (loss scalar, scores [C], rank_terms [B, n_max-1], sft_nll [B]); only `loss` is differentiable.
+    Returns (loss scalar, scores [C], rank_terms [B, n_max-1], sft_nll [B], logprob_sums [C]); only `loss` is
+    differentiable.
     """
 
     @staticmethod
@@ -236,6 +238,7 @@ class FusedRankingLossFunction(torch.autograd.Function):
         implementation: str,
         tiles: TileConfig,
         compute_dtype: torch.dtype,
+        ref_logps: torch.Tensor | None,
     ):
         ctx.set_materialize_grads(False)
         token_forward, _ = _ops(implementation)
@@ -245,15 +248,15 @@ class FusedRankingLossFunction(torch.autograd.Function):
                 hidden, weight, bias, targets, token_offsets, token_candidate, tiles=tiles, compute_dtype=compute_dtype
             )
             scores, terms, prompt_loss, sft_nll, grad_sums = _ranking_forward(
-                implementation, objective, sums, layout, rewards, sft_weight, n_max
+                implementation, objective, sums, layout, rewards, sft_weight, n_max, ref_logps
             )
             loss = prompt_loss.mean()
         ctx.save_for_backward(hidden, weight, bias, targets, lse, token_candidate, grad_sums)
         ctx.implementation = implementation
         ctx.tiles = tiles
         ctx.compute_dtype = compute_dtype
-        ctx.mark_non_differentiable(scores, terms, sft_nll)
-        return loss, scores, terms, sft_nll
+        ctx.mark_non_differentiable(scores, terms, sft_nll, sums)
+        return loss, scores, terms, sft_nll, sums
 
     @staticmethod
     @once_differentiable
@@ -279,7 +282,7 @@ class FusedRankingLossFunction(torch.autograd.Function):
                     tiles=ctx.tiles,
                     compute_dtype=ctx.compute_dtype,
                 )
-        return (*grads,) + (None,) * 12
+        return (*grads,) + (None,) * 13
 
 
 def fused_ranking_loss(
@@ -296,10 +299,12 @@ def fused_ranking_loss(
     objective: RankingObjective | None = None,
     implementation: str = "auto",
     tiles: TileConfig | None = None,
+    ref_logps: torch.Tensor | None = None,
 ) -> RankingLossOutput:
     """`ranking_loss_from_hidden` for the fused implementations ("auto", "triton", "torch"), with tile sizes exposed.
 
-    `sft_weight` (beta, float or [B]) and `rewards` are constants (no gradient flows into them). Without `objective`,
+    `sft_weight` (beta, float or [B]), `rewards` and `ref_logps` are constants (no gradient flows into them). Without
+    `objective`,
     the objective is PRO with `sft_loss_reduction` ("sum" by default) and `rank_loss_terms` ("all" by default).
     """
     objective = resolve_objective(objective, sft_loss_reduction, rank_loss_terms)
@@ -335,8 +340,11 @@ def fused_ranking_loss(
     sft_weight = sft_weight.expand(num_prompts).contiguous()
     if rewards is not None:
         rewards = rewards.detach().to(device=device, dtype=acc_dtype).contiguous()
+    objective.check_ref_logps(ref_logps, layout.num_candidates)
+    if ref_logps is not None:
+        ref_logps = ref_logps.detach().to(device=device, dtype=acc_dtype).contiguous()
 
-    loss, scores, terms, sft_nll = FusedRankingLossFunction.apply(
+    loss, scores, terms, sft_nll, sums = FusedRankingLossFunction.apply(
         hidden,
         weight,
         bias,
@@ -352,5 +360,6 @@ def fused_ranking_loss(
         implementation,
         tiles,
         compute_dtype,
+        ref_logps,
     )
-    return RankingLossOutput(loss, scores, terms, sft_nll, implementation=implementation)
+    return RankingLossOutput(loss, scores, terms, sft_nll, implementation=implementation, logprob_sums=sums)

@@ -42,6 +42,7 @@ def eager_ranking_loss_from_hidden(
     objective: RankingObjective | None = None,
     upcast: bool = True,
     per_candidate: bool = False,
+    ref_logps: torch.Tensor | None = None,
 ) -> RankingLossOutput:
     """Same contract as `ranking_loss_from_hidden`, computed eagerly with [T, V] logits (see module docstring)."""
     objective = resolve_objective(objective, sft_loss_reduction, rank_loss_terms)
@@ -58,5 +59,7 @@ def eager_ranking_loss_from_hidden(
         token_logprobs = _token_logprobs(hidden, weight, bias, targets, upcast)
         sums = torch.zeros(layout.num_candidates, device=hidden.device, dtype=token_logprobs.dtype)
         sums = sums.index_add(0, layout.token_candidate(), token_logprobs)
-    scores, terms, prompt_loss, sft_nll = objective.ranking_level(sums, layout, rewards, sft_weight)
-    return RankingLossOutput(prompt_loss.mean(), scores.detach(), terms.detach(), sft_nll.detach())
+    scores, terms, prompt_loss, sft_nll = objective.ranking_level(sums, layout, rewards, sft_weight, ref_logps)
+    output = RankingLossOutput(prompt_loss.mean(), scores.detach(), terms.detach(), sft_nll.detach())
+    output.logprob_sums = sums.detach()
+    return output

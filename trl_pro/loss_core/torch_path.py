@@ -138,6 +138,7 @@ def ranking_forward(
     rewards: torch.Tensor | None,
     sft_weight: torch.Tensor,
     objective: RankingObjective,
+    ref_logps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ranking level: (scores [C], terms [B, n_max-1], per-prompt loss [B], sft_nll [B], d loss / d sums [C]).
 
@@ -149,7 +150,7 @@ def ranking_forward(
     differentiable = not torch.is_inference_mode_enabled()  # (no graph can be recorded under inference mode)
     with torch.enable_grad() if differentiable else contextlib.nullcontext():
         leaf.requires_grad_(differentiable)
-        scores, terms, prompt_loss, sft_nll = objective.ranking_level(leaf, layout, rewards, sft_weight)
+        scores, terms, prompt_loss, sft_nll = objective.ranking_level(leaf, layout, rewards, sft_weight, ref_logps)
         grad_sums = None
         if differentiable:
             (grad_sums,) = torch.autograd.grad(prompt_loss.mean(), leaf, allow_unused=True)

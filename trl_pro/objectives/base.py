@@ -16,9 +16,14 @@ objective's formula on [B, n] scores), how they add up to the rank loss (`rank_l
     loss_b = rank_loss_b + sft_weight_b * sft_nll_b,
 
 with `sft_nll_b` the NLL of the layout's SFT candidate of prompt b (summed, or averaged over its tokens).
+
+An objective with `uses_reference = True` (list DPO, LiPO) scores the log-ratio against a reference model: the loss
+core then takes `ref_logps` [C], the reference's summed token log-probs of each candidate (a constant), and `scores`
+receives `logprob_sums - ref_logps`. The SFT term is always the policy's own NLL.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -34,6 +39,8 @@ class RankingObjective:
     """
 
     sft_loss_reduction: str = "sum"
+    #: Whether `scores` takes the log-ratio against a reference model (`ref_logps` required) instead of the sums
+    uses_reference: ClassVar[bool] = False
 
     def scores(self, logprob_sums: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
         """[C] candidate scores: the mean token log-prob (PRO's Eq. 6)."""
@@ -55,15 +62,17 @@ class RankingObjective:
         layout: RankingLayout,
         rewards: torch.Tensor | None = None,
         sft_weight: torch.Tensor | float = 0.0,
+        ref_logps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores [C], rank_terms [B, n_max - 1], per-prompt loss [B], sft_nll [B]) from the sums [C].
 
-        Differentiable in `logprob_sums`; `rewards` [C] (or None) and `sft_weight` (float or [B]) are constants. Values
-        are in the dtype of `logprob_sums` (fp32, or fp64 for gradchecks).
+        Differentiable in `logprob_sums`; `rewards` [C] (or None), `sft_weight` (float or [B]) and `ref_logps` [C]
+        (the reference's summed log-probs, for an objective that `uses_reference`) are constants. Values are in the
+        dtype of `logprob_sums` (fp32, or fp64 for gradchecks).
         """
         dtype = logprob_sums.dtype
         counts = layout.token_counts().to(dtype)
-        scores = self.scores(logprob_sums, counts)
+        scores = self.scores(self._score_inputs(logprob_sums, ref_logps), counts)
         padded_scores, mask = layout.to_padded(scores)
         padded_rewards = None if rewards is None else layout.to_padded(rewards.detach().to(dtype))[0]
         terms = self.rank_terms(padded_scores, padded_rewards, mask).to(dtype)
@@ -75,6 +84,25 @@ class RankingObjective:
             sft_weight = sft_weight.detach().to(device=sft_nll.device, dtype=dtype)
         prompt_loss = self.rank_loss(terms) + sft_weight * sft_nll
         return scores, terms, prompt_loss, sft_nll
+
+    def check_ref_logps(self, ref_logps: torch.Tensor | None, num_candidates: int) -> None:
+        """Raise unless `ref_logps` is [C] for an objective that `uses_reference`, and None for the others."""
+        name = type(self).__name__
+        if not self.uses_reference:
+            if ref_logps is not None:
+                raise ValueError(f"{name} takes no reference log-probs (ref_logps).")
+            return
+        if ref_logps is None:
+            raise ValueError(f"{name} needs the reference model's log-probs (ref_logps [C]).")
+        if tuple(ref_logps.shape) != (num_candidates,):
+            raise ValueError(f"ref_logps must be [C] = [{num_candidates}], got {tuple(ref_logps.shape)}.")
+
+    def _score_inputs(self, logprob_sums: torch.Tensor, ref_logps: torch.Tensor | None) -> torch.Tensor:
+        """What `scores` reads: the sums, or the log-ratios `logprob_sums - ref_logps` for a reference objective."""
+        self.check_ref_logps(ref_logps, logprob_sums.shape[0])
+        if ref_logps is None:
+            return logprob_sums
+        return logprob_sums - ref_logps.detach().to(device=logprob_sums.device, dtype=logprob_sums.dtype)
 
     def __post_init__(self):
         if self.sft_loss_reduction not in ("sum", "mean"):
