@@ -6,14 +6,19 @@ class here, not a copy of a trainer.
 """
 
 from trl_pro.objectives.base import RankingObjective
+from trl_pro.objectives.list_dpo import ListDPOObjective, all_pairs_loss, lipo_lambda_loss, plackett_luce_loss
 from trl_pro.objectives.pro import PROObjective, pro_loss, pro_loss_terms
 from trl_pro.objectives.rrhf import RRHFObjective, rrhf_loss, rrhf_loss_terms
 
 
 __all__ = [
+    "ListDPOObjective",
     "PROObjective",
     "RRHFObjective",
     "RankingObjective",
+    "all_pairs_loss",
+    "lipo_lambda_loss",
+    "plackett_luce_loss",
     "pro_loss",
     "pro_loss_terms",
     "rrhf_loss",
