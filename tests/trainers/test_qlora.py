@@ -241,3 +241,45 @@ def test_builtin_tiny_llama_in_4bit(ranked_dir, tmp_path):
     assert isinstance(model, str) and Path(model, "config.json").is_file() and len(tokenizer) == 2048
     assert quantization.load_in_4bit and peft is not None
     assert training_args.model_init_kwargs["device_map"] is None or torch.cuda.is_available()
+
+
+def test_list_dpo_with_qlora_uses_the_base_without_adapter_as_reference(tiny_dir, ranked_dir, tmp_path):
+    """QLoRA list DPO: the 4-bit base with the adapter disabled is the reference (no copy of the model), so at
+    initialisation (LoRA B = 0) every log-ratio is 0 and a ranking of 3 costs log(3!); training moves the loss."""
+    import math
+
+    from datasets import load_dataset
+    from peft import LoraConfig
+
+    from trl_pro import ListDPOConfig, ListDPOTrainer
+
+    args = ListDPOConfig(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=True,
+        learning_rate=1e-2,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        logging_steps=1,
+        max_length=64,
+        max_prompt_length=32,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        model_init_kwargs={"dtype": torch.bfloat16},
+    )
+    trainer = ListDPOTrainer(
+        str(tiny_dir),
+        args=args,
+        train_dataset=load_dataset(str(ranked_dir), split="train"),
+        quantization_config=_bnb_4bit_config(),
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+    )
+    assert trainer.ref_model is None and trainer.model.get_base_model().is_loaded_in_4bit
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    with torch.no_grad():
+        assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(math.log(6), rel=1e-5)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and losses[-1] != pytest.approx(math.log(6), rel=1e-3)

@@ -35,7 +35,7 @@ class DataCollatorForRanking(DataCollatorMixin):
     candidates of the batch go through the model in one forward. The layout tensors say which rows form which ranking:
     `ranking_offsets` [B+1] (candidates of prompt b are rows ranking_offsets[b]:ranking_offsets[b+1], best to worst),
     `token_offsets` [C+1] (scored tokens per candidate, in row order), `sft_candidate` [B]; `rewards` [C] when the
-    dataset has scores.
+    dataset has scores, `ref_logps` [C] when it has precomputed reference log-probs (list DPO).
 
     With `shared_prompt=True`, each ranking is instead one row [prompt, candidate 1, ..., candidate n] of `input_ids`
     [B, L], with `segment_ids` [B, L] (0 prompt, k candidate k, -1 padding) from which the model builds the attention
@@ -50,6 +50,7 @@ class DataCollatorForRanking(DataCollatorMixin):
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         input_ids, completion_mask, ranking_lengths, completion_lengths, sft_candidate = [], [], [], [], []
         rewards = [] if examples[0].get("scores") is not None else None
+        ref_logps = [] if examples[0].get("ref_logps") is not None else None
         for example in examples:
             # int(): `datasets.map` keeps an input column's type for an output column of the same name, so the
             # prepared `sft_index` is float64 when the raw column was (e.g. JSON with a float or a null in it)
@@ -61,6 +62,8 @@ class DataCollatorForRanking(DataCollatorMixin):
                 completion_lengths.append(len(ids))
             if rewards is not None:
                 rewards.extend(example["scores"])
+            if ref_logps is not None:
+                ref_logps.extend(example["ref_logps"])
         batch = {}
         if self.shared_prompt:
             input_ids, segment_ids = pack_rankings(examples)
@@ -78,6 +81,8 @@ class DataCollatorForRanking(DataCollatorMixin):
         }
         if rewards is not None:
             batch["rewards"] = torch.tensor(rewards, dtype=torch.float32)
+        if ref_logps is not None:
+            batch["ref_logps"] = torch.tensor(ref_logps, dtype=torch.float32)
         return batch
 
 

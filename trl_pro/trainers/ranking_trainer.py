@@ -356,6 +356,10 @@ class RankingTrainer(_BaseTrainer):
         """The layout of a collated batch: which tokens form which candidate of which prompt, and the SFT candidate."""
         return RankingLayout(inputs["token_offsets"], inputs["ranking_offsets"], inputs["sft_candidate"])
 
+    def _extra_loss_inputs(self, inputs, layout: RankingLayout) -> dict:
+        """More keyword arguments of the loss core for a collated batch (a reference objective's `ref_logps`)."""
+        return {}
+
     # --- Machinery -----------------------------------------------------------------------------------------------
 
     def _prepare_dataset(self, dataset, processing_class, args: RankingConfig, dataset_name: str):
@@ -476,7 +480,7 @@ class RankingTrainer(_BaseTrainer):
     def _set_signature_columns_if_needed(self):
         # `remove_unused_columns` keeps only these: the model's forward does not name them
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids", "completion_ids", "scores", "sft_index"]
+            self._signature_columns = ["prompt_ids", "completion_ids", "scores", "sft_index", "ref_logps"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -497,6 +501,7 @@ class RankingTrainer(_BaseTrainer):
                 "sft_weight": sft_weight,
                 "objective": self._objective(),
                 "implementation": self.args.loss_implementation,
+                **self._extra_loss_inputs(inputs, layout),
             },
         )
         if output.implementation is not None and output.implementation != self.loss_implementation_used:
