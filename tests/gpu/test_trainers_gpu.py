@@ -1,4 +1,4 @@
-"""PRO and RRHF trainers on a GPU with the tiny Llama: a step with loss_implementation="triton" equals one with
+"""PRO, RRHF and list DPO trainers on a GPU with the tiny Llama: a step with loss_implementation="triton" equals one with
 "torch", and a bf16 (autocast) step trains.
 
 The parity tests mirror tests/loss_core/test_shared_prompt.py's RRHF step test: the loss and gradients of one batch
@@ -17,6 +17,8 @@ import torch
 from datasets import Dataset
 
 from trl_pro.assets import build_tiny_llama
+from trl_pro.trainers.list_dpo_config import ListDPOConfig
+from trl_pro.trainers.list_dpo_trainer import ListDPOTrainer
 from trl_pro.trainers.pro_config import PROConfig
 from trl_pro.trainers.pro_trainer import PROTrainer
 from trl_pro.trainers.rrhf_config import RRHFConfig
@@ -104,8 +106,12 @@ def one_step(trainer_class, config_class, rows, implementation, tokenizer, make_
 
 @pytest.mark.parametrize(
     "trainer_class, config_class, rows",
-    [(PROTrainer, PROConfig, ranked_rows), (RRHFTrainer, RRHFConfig, scored_rows)],
-    ids=["pro", "rrhf"],
+    [
+        (PROTrainer, PROConfig, ranked_rows),
+        (RRHFTrainer, RRHFConfig, scored_rows),
+        (ListDPOTrainer, ListDPOConfig, ranked_rows),  # the reference pass goes through the same kernels
+    ],
+    ids=["pro", "rrhf", "list_dpo"],
 )
 def test_triton_step_equals_torch_step(trainer_class, config_class, rows, tokenizer, make_config, tmp_path):
     pytest.importorskip("triton", reason="loss_implementation='triton' needs Triton (the `triton` extra)")
