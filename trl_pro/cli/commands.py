@@ -149,10 +149,12 @@ def launch(launch_args: list[str], script: str, script_args: list[str], prog: st
 
 class ScriptCommand(Command):
     """A subcommand that launches `trl_pro/scripts/<name>.py` through `accelerate launch`, like TRL's
-    `TrainingCommand` (whose script lookup is tied to the `trl` package). The script exposes `make_parser(prog=)`."""
+    `TrainingCommand` (whose script lookup is tied to the `trl` package). The script exposes `make_parser(prog=)`;
+    a "-" in the command is a "_" in the script's name (`trl-pro list-dpo`: `trl_pro/scripts/list_dpo.py`)."""
 
     def __init__(self, name: str, help_text: str):
         super().__init__(name=name, help_text=help_text)
+        self.script = name.replace("-", "_")
 
     def register(self, subparsers) -> None:
         subparsers.add_parser(self.name, help=self.help_text, add_help=False)
@@ -165,7 +167,7 @@ class ScriptCommand(Command):
         prog = f"trl-pro {self.name}"
         parsed, launched = None, False  # parsed: the script's arguments (where its outputs go)
         try:
-            module = importlib.import_module(f"trl_pro.scripts.{self.name}")
+            module = importlib.import_module(f"trl_pro.scripts.{self.script}")
             all_args = context.argv_after(self.name)
             parser = module.make_parser(prog=prog)
             # Handles -h (prints every flag and exits). config_remaining: YAML keys no dataclass knows, as flags;
@@ -186,7 +188,7 @@ class ScriptCommand(Command):
             launch_args, script_args, notes = adapt_cpu_launch(launch_args, script_args, prog)
             for note in notes:
                 print(f"{prog}: {note}", file=sys.stderr)
-            script = resources.files("trl_pro.scripts").joinpath(f"{self.name}.py")
+            script = resources.files("trl_pro.scripts").joinpath(f"{self.script}.py")
             launched = True
             return launch(launch_args, str(script), script_args, prog)
         except KeyboardInterrupt:  # Ctrl-C: one line saying what is kept and how to resume, not a traceback
@@ -206,6 +208,10 @@ def get_commands() -> list[Command]:
     return [
         ScriptCommand("pro", "Train with Preference Ranking Optimization (PRO); see `trl-pro pro --help`"),
         ScriptCommand("rrhf", "Train with RRHF (Yuan et al. 2023); see `trl-pro rrhf --help`"),
+        ScriptCommand(
+            "list-dpo",
+            "Train with list DPO (Plackett-Luce) or LiPO-λ, with a reference model; see `trl-pro list-dpo --help`",
+        ),
         ScriptCommand("generate", "Add k generated candidates per prompt to a dataset; see `trl-pro generate --help`"),
         ScriptCommand("rank", "Score candidates with a reward model and sort each ranking; see `trl-pro rank --help`"),
         ScriptCommand(

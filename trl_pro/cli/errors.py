@@ -57,8 +57,8 @@ _KEPT_FOR_RERUN = {
 }
 #: Training commands; those of `_RESUME_FROM_LAST` take `--resume_from_checkpoint true` for the last complete
 #: checkpoint of output_dir (the others, TRL's trainers as they are, a checkpoint's path).
-_TRAINING_COMMANDS = ("pro", "rrhf", "coh", "reward")
-_RESUME_FROM_LAST = ("pro", "rrhf")
+_TRAINING_COMMANDS = ("pro", "rrhf", "list-dpo", "coh", "reward")
+_RESUME_FROM_LAST = ("pro", "rrhf", "list-dpo")
 
 
 def _training_note(command: str, args) -> str:

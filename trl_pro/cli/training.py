@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -46,7 +47,7 @@ from trl import ScriptArguments, TrlParser  # noqa: E402
 from trl_pro.cli.errors import OneLineErrors, debug_enabled, fail, one_line_errors
 from trl_pro.cli.launch import check_launch_args, config_path_of, normalize_config_flags, resolve_launch_args  # noqa: E402
 from trl_pro.data.loading import _column_map, _rename_columns, _split, load_dataset_splits, rows_with_line_numbers
-from trl_pro.pipeline.models import TINY_LLAMA, resolve_model
+from trl_pro.pipeline.models import TINY_LLAMA, check_local_path, resolve_model
 from trl_pro.utils.errors import SetupError
 from trl_pro.utils.quiet import quiet_known_noise  # noqa: E402
 
@@ -88,11 +89,14 @@ class PROScriptArguments(ScriptArguments):
 class TrainingMethod:
     """What differs between the `trl-pro` training scripts, which share everything else in this module."""
 
-    command: str  # the subcommand, also the script's name: trl_pro/scripts/<command>.py
+    command: str  # the subcommand; the script is trl_pro/scripts/<command, "-" read as "_">.py
     config_class: str  # name of the config class in `trl_pro`
     trainer_class: str  # name of the trainer class in `trl_pro`
     description: str
     eval_loss_note: str  # what `eval loss` is, for the before -> after table
+    script_arguments: type = PROScriptArguments  # the script's own arguments (a subclass adds the method's)
+    # (script_args, model_args, training_args) -> extra keyword arguments of the trainer (e.g. list DPO's ref_model)
+    trainer_kwargs: Callable[..., dict] | None = None
 
     @property
     def prog(self) -> str:
@@ -115,6 +119,53 @@ PRO = TrainingMethod(
 )
 
 
+@dataclass
+class ListDPOScriptArguments(PROScriptArguments):
+    """The training scripts' arguments plus the reference model of list DPO."""
+
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reference model (hub id, local path, or the built-in `trl-pro/tiny-llama`, seeded with --seed), "
+            "loaded like the policy. Default: a frozen copy of the initial policy, or with --use_peft the base "
+            "model with the adapter disabled."
+        },
+    )
+
+
+def reference_model(script_args, model_args, training_args):
+    """What `ListDPOTrainer` takes as `ref_model`: None (its default), the built-in tiny Llama (built, with the
+    policy's dtype), or a name or path (loaded by the trainer with the policy's `model_init_kwargs`)."""
+    name = script_args.ref_model_name_or_path
+    if not name:
+        return None
+    if name == TINY_LLAMA:
+        import torch
+
+        from trl_pro.assets import build_tiny_llama
+
+        model = build_tiny_llama(seed=training_args.seed)
+        if model_args.dtype in ("bfloat16", "float16"):
+            model = model.to(getattr(torch, model_args.dtype))
+        return model
+    return check_local_path(name)
+
+
+LIST_DPO = TrainingMethod(
+    command="list-dpo",
+    config_class="ListDPOConfig",
+    trainer_class="ListDPOTrainer",
+    description="Train a causal LM with DPO on rankings, with a reference model: list DPO (Plackett-Luce, the DPO "
+    "paper's Appendix A.3), LiPO-λ (Liu et al. 2024) or DPO over all pairs (--loss_type), on ranked, pairwise or "
+    "PRO-authors data.",
+    eval_loss_note="eval loss = list loss + sft_weight * SFT NLL",
+    script_arguments=ListDPOScriptArguments,
+    trainer_kwargs=lambda script_args, model_args, training_args: {
+        "ref_model": reference_model(script_args, model_args, training_args)
+    },
+)
+
+
 class PROParser(OneLineErrors, TrlParser):
     """`TrlParser` whose argument errors are one line (`trl-pro <command>: error: ...`) instead of a usage dump."""
 
@@ -126,7 +177,7 @@ def make_method_parser(
     from trl import DatasetMixtureConfig, ModelConfig
 
     config_class, _ = method.classes()
-    dataclass_types = (PROScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)
+    dataclass_types = (method.script_arguments, config_class, ModelConfig, DatasetMixtureConfig)
     kwargs = dict(
         description=method.description,
         epilog=f"Flags not listed here are passed to `accelerate launch` (by `{method.prog}` only): "
@@ -176,6 +227,7 @@ def build_trainer(script_args, training_args, model_args, dataset_args, method: 
         )
 
     model, tokenizer, quantization_config, peft_config = resolve_model(model_args, training_args)
+    extra = method.trainer_kwargs(script_args, model_args, training_args) if method.trainer_kwargs else {}
     trainer = trainer_class(
         model=model,
         args=training_args,
@@ -184,6 +236,7 @@ def build_trainer(script_args, training_args, model_args, dataset_args, method: 
         processing_class=tokenizer,
         quantization_config=quantization_config,
         peft_config=peft_config,
+        **extra,
     )
     if script_args.ignore_bias_buffers:
         import torch
