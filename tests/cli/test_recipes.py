@@ -17,8 +17,9 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # recipes/rankings/{generate,rank}_*.yaml configure `trl-pro generate` / `trl-pro rank` (tests/test_rank.py runs them)
 ALL = sorted(p for p in RECIPES.rglob("*.yaml") if not (p.parent.name == "rankings" and not p.name.startswith("pro_")))
 # recipes/reward/*.yaml are `trl-pro reward`'s, parsed by tests/cli/test_reward_command.py
-PRO = [p for p in ALL if not {"baselines", "rrhf", "reward"} & set(p.parts)]
+PRO = [p for p in ALL if not {"baselines", "rrhf", "reward", "list_dpo"} & set(p.parts)]
 RRHF = [p for p in ALL if "rrhf" in p.parts]
+LIST_DPO = [p for p in ALL if "list_dpo" in p.parts]
 BASELINES = [p for p in ALL if "baselines" in p.parts]
 
 
@@ -140,6 +141,57 @@ def test_rrhf_recipe_parses(path):
         "lr_scheduler_type",
     ):
         assert getattr(training_args, name) == getattr(pro_training, name), name
+
+
+@pytest.mark.parametrize("path", LIST_DPO, ids=lambda p: p.relative_to(RECIPES).as_posix())
+def test_list_dpo_recipe_parses(path):
+    """List DPO recipes parse with `trl-pro list-dpo`'s parser and keep what they claim: the quickstart mirrors the
+    PRO quickstart, LiPO-λ the PRO UltraFeedback recipe (rankings of 4 with scores), Plackett-Luce on HH-RLHF the
+    DPO baseline recipe (same data, model, steps and beta)."""
+    from trl_pro.scripts import list_dpo
+
+    assert {
+        "quickstart.yaml",
+        "lipo_ultrafeedback_llama7b_qlora.yaml",
+        "plackett_luce_hh_rlhf_llama7b_qlora.yaml",
+    } <= {p.name for p in LIST_DPO}
+    (script_args, training_args, model_args, _), launch_args = _parse(list_dpo.make_parser(), path)
+    assert launch_args == [] and training_args.beta == 0.1 and script_args.ref_model_name_or_path is None
+    schedule = (
+        "max_length",
+        "learning_rate",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "bf16",
+        "gradient_checkpointing",
+        "lr_scheduler_type",
+        "warmup_steps",
+    )
+    if path.name == "quickstart.yaml":
+        counterpart, parser = RECIPES / "quickstart.yaml", make_parser()
+        assert training_args.loss_type == "plackett_luce"
+    elif "ultrafeedback" in path.name:
+        counterpart, parser = RECIPES / "pro" / "ultrafeedback_llama7b_qlora.yaml", make_parser()
+        assert training_args.loss_type == "lipo_lambda" and training_args.max_completions == 4
+        assert script_args.dataset_name == "data/ultrafeedback/ranked"
+    else:
+        counterpart = RECIPES / "baselines" / "dpo_hh_rlhf_llama7b_qlora.yaml"
+        parser = _baseline_parser(counterpart)
+        assert training_args.loss_type == "plackett_luce"
+    (other_script, other_training, other_model, _), _ = _parse(parser, counterpart)
+    assert model_args == other_model
+    assert (script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_test_split) == (
+        other_script.dataset_name,
+        other_script.dataset_train_split,
+        other_script.dataset_test_split,
+    )
+    for name in schedule:
+        assert getattr(training_args, name) == getattr(other_training, name), name
+    if "baselines" in counterpart.parts:  # the DPO baseline: the same beta, steps and logging
+        assert training_args.beta == other_training.beta
+        for name in ("eval_steps", "save_steps", "per_device_eval_batch_size", "logging_steps"):
+            assert getattr(training_args, name) == getattr(other_training, name), name
 
 
 @pytest.mark.parametrize(
