@@ -64,7 +64,7 @@ def test_compare_trains_every_method_on_one_dataset(tmp_path, tiny_reward_model_
     runs = {run["name"]: run for run in manifest["runs"]}
     trained = [name for name, run in runs.items() if run["status"] == "trained"]
     expected = [name for name in compare.METHODS if compare.skip_reason(name, args) is None]
-    assert {"pro", "best_of_n", "coh", "dpo", "rloo", "ppo"} <= set(expected)
+    assert {"pro", "list_dpo", "lipo", "best_of_n", "coh", "dpo", "rloo", "ppo"} <= set(expected)
     assert trained == expected
     for name in expected:
         assert runs[name]["steps"] == 2, name
@@ -83,6 +83,11 @@ def test_compare_trains_every_method_on_one_dataset(tmp_path, tiny_reward_model_
     assert set(systems) == {"base", *expected} and systems["base"]["path"] == "base_model"
     assert systems["coh"]["prompt_suffix"] == " A helpful answer:"
     assert all(systems[name]["prompt_suffix"] == "" for name in systems if name != "coh")
+    # list DPO and LiPO-λ: the ranked view, each with its loss (the flags its run got, kept in its key)
+    for name, loss_type in (("list_dpo", "plackett_luce"), ("lipo", "lipo_lambda")):
+        trained_args = torch.load(out / name / "training_args.bin", weights_only=False)
+        assert type(trained_args).__name__ == "ListDPOConfig" and trained_args.loss_type == loss_type, name
+        assert systems[name]["path"] == name
     assert all((out / systems[name]["path"]).is_dir() for name in expected)
     # ... as trl-pro eval reads it
     from trl_pro.evaluation.systems import read_comparison_folder

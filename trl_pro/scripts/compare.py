@@ -9,8 +9,9 @@ trl-pro eval --comparison outputs/compare ...      # evaluation (reads compariso
 
 `--dataset_name` holds ranked rows (what `trl-pro rank` writes: `prompt`, `completions` best first, `scores`; any format
 `trl-pro pro` reads works). They are turned once into the views each method reads (`prepare_data --source ranked`,
-under `<output_dir>/data`): PRO trains on the rankings, best-of-n SFT on the top candidate, Chain of Hindsight on the
-best against the worst, DPO on the pairs (`--pairs best_vs_worst`, default, or `adjacent`), RLOO and PPO on the prompts
+under `<output_dir>/data`): PRO and RRHF train on the rankings, and so do list DPO (`list_dpo`: Plackett-Luce) and
+LiPO-λ (`lipo`), both with a reference model (a frozen copy of the base model), best-of-n SFT on the top candidate,
+Chain of Hindsight on the best against the worst, DPO on the pairs (`--pairs best_vs_worst`, default, or `adjacent`), RLOO and PPO on the prompts
 with `--reward_model_name_or_path`. Every method starts from `--model_name_or_path` and gets the same training
 settings (the PRO paper's where they transfer: 2 epochs, max length 512 with prompts cut to 384 tokens, batch 2 x
 accumulation 8, learning rate 5e-6 for full fine-tuning) plus its own (`METHODS`); `--overrides` changes any flag of
@@ -98,6 +99,12 @@ _RANKING_FLAGS = {"eval_before_training": False}
 METHODS: dict[str, Method] = {
     "pro": Method("trl_pro.scripts.pro", "ranked", flags=dict(_RANKING_FLAGS)),
     "rrhf": Method("trl_pro.scripts.rrhf", "ranked", flags=dict(_RANKING_FLAGS)),
+    "list_dpo": Method(
+        "trl_pro.scripts.list_dpo", "ranked", flags={**_RANKING_FLAGS, "loss_type": "plackett_luce", "beta": 0.1}
+    ),
+    "lipo": Method(
+        "trl_pro.scripts.list_dpo", "ranked", flags={**_RANKING_FLAGS, "loss_type": "lipo_lambda", "beta": 0.1}
+    ),
     "best_of_n": Method(
         "trl.scripts.sft", "best_of_n", trainer="SFTTrainer", flags={"completion_only_loss": True, "packing": False}
     ),
