@@ -89,6 +89,15 @@ def save_model(kind: str, folder: Path, seed: int = 0) -> Path:
             num_attention_heads=8,
             num_key_value_heads=4,
         )
+    elif kind == "small-50M":  # benchmarks/shared_prompt.py's 52M Llama: 10 layers of width 640
+        model = build_tiny_llama(
+            seed,
+            hidden_size=640,
+            intermediate_size=1728,
+            num_hidden_layers=10,
+            num_attention_heads=10,
+            num_key_value_heads=10,
+        )
     elif kind == "llama7b-qlora":
         from transformers import LlamaForCausalLM
 
@@ -425,7 +434,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
-        choices=["tiny", "small", "llama7b-qlora", "tiny-qlora"],
+        choices=["tiny", "small", "small-50M", "llama7b-qlora", "tiny-qlora"],
         default=None,
         help="default: llama7b-qlora on CUDA, tiny otherwise (tiny-qlora: CPU check of the QLoRA path)",
     )
@@ -438,8 +447,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--compare",
         choices=["rankings"],
-        help="rankings: PRO (plain and shared-prompt layouts) vs DPO over the 3 adjacent / all 6 pairs "
-        "of rankings of 4, time per ranking (CPU)",
+        help="rankings: PRO (plain and shared-prompt layouts) and list DPO (reference on the fly and precomputed) "
+        "vs DPO over the 3 adjacent / all 6 pairs of rankings of 4, time per ranking and peak memory (CPU)",
     )
     parser.add_argument("--rankings_per_step", type=int, default=2, help="--compare rankings: rankings per step")
     parser.add_argument("--threads", type=int, default=1, help="--compare rankings: torch threads per worker")
@@ -548,15 +557,21 @@ def main(argv=None) -> None:
 #
 # A user with rankings of 4 who does not have PRO splits them into DPO pairs: the 3 adjacent pairs (1>2, 2>3, 3>4) or
 # all 6 ordered pairs. `--compare rankings` times one optimizer step per `--rankings_per_step` rankings for each,
-# same model, same rankings, one run (each trainer in its own process, alternating), and reports the time per ranking.
+# same model, same rankings, one run (each trainer in its own process, alternating), and reports the time per ranking
+# and the peak memory. List DPO (`ListDPOTrainer`, Plackett-Luce, shared prompt) runs beside them, with the reference
+# log-probs computed on the fly and precomputed: its goal is <= 1/3 of DPO's time per ranking over the adjacent pairs.
 
-RANKING_WORKERS = ("pro-plain", "pro-shared", "dpo-adjacent", "dpo-all")
+RANKING_WORKERS = ("pro-plain", "pro-shared", "list_dpo-shared", "list_dpo-precomputed", "dpo-adjacent", "dpo-all")
 RANKING_LABELS = {
     "pro-plain": "PRO, plain layout",
     "pro-shared": "PRO, shared prompt",
+    "list_dpo-shared": "list DPO, shared prompt, reference on the fly",
+    "list_dpo-precomputed": "list DPO, shared prompt, reference precomputed",
     "dpo-adjacent": "DPO, 3 adjacent pairs",
     "dpo-all": "DPO, all 6 pairs",
 }
+#: The baseline of the list DPO goal: list DPO per ranking of 4 at <= 1/3 of TRL DPO's time over the adjacent pairs
+LIST_DPO_GOAL = 1 / 3
 
 
 def hh_rankings(count: int, n: int = 4, seed: int = 0) -> list[dict]:
@@ -635,7 +650,36 @@ def ranking_worker(args) -> dict:
         dataloader_num_workers=0,
     )
     tokenizer = load_tiny_tokenizer()
-    if trainer_kind == "pro":
+    precompute_s: list[float] = []
+    if trainer_kind == "list_dpo":
+        from trl_pro.trainers.list_dpo_config import ListDPOConfig
+        from trl_pro.trainers.list_dpo_trainer import ListDPOTrainer
+
+        precompute = ListDPOTrainer._with_ref_logps
+
+        def timed_precompute(self, *a, **k):  # the one-off reference pass over the dataset, before training
+            start = time.perf_counter()
+            result = precompute(self, *a, **k)
+            precompute_s.append(time.perf_counter() - start)
+            return result
+
+        ListDPOTrainer._with_ref_logps = timed_precompute
+        config = ListDPOConfig(
+            **common,
+            per_device_train_batch_size=args.rankings_per_step,
+            shared_prompt=True,
+            loss_type="plackett_luce",
+            beta=0.1,
+            precompute_ref_log_probs=variant == "precomputed",
+        )
+        trainer = ListDPOTrainer(
+            args.model_path, args=config, train_dataset=Dataset.from_list(rankings), processing_class=tokenizer
+        )
+        assert trainer.data_collator.shared_prompt
+        assert ("ref_logps" in trainer.train_dataset.column_names) == (variant == "precomputed")
+        tokens = [len(r["prompt_ids"]) + sum(map(len, r["completion_ids"])) for r in trainer.train_dataset]
+        tokens_per_ranking = statistics.mean(tokens)
+    elif trainer_kind == "pro":
         config = PROConfig(
             **common, per_device_train_batch_size=args.rankings_per_step, shared_prompt=variant == "shared"
         )
@@ -669,7 +713,8 @@ def ranking_worker(args) -> dict:
         ]
         tokens_per_ranking = statistics.mean(tokens) * pairs_per_ranking  # policy tokens; the reference sees them too
     trainer.add_callback(StepTimer())
-    trainer.train()
+    with _RssSampler() as rss:
+        trainer.train()
     measured = times[args.warmup :]
     return {
         "trainer": args.worker,
@@ -677,6 +722,14 @@ def ranking_worker(args) -> dict:
         "median_step_s": statistics.median(measured),
         "rankings_per_step": args.rankings_per_step,
         "policy_tokens_per_ranking": tokens_per_ranking,
+        "memory": {
+            "peak_mb": (rss.peak - rss.start) / 2**20,
+            "before_training_mb": rss.start / 2**20,
+            "peak_process_rss_mb": rss.peak / 2**20,
+        },
+        # list DPO with precomputed reference log-probs: the one-off pass over every row of the dataset
+        "precompute_s": sum(precompute_s) if precompute_s else None,
+        "precomputed_rankings": len(rankings) if precompute_s else None,
     }
 
 
@@ -729,10 +782,19 @@ def compare_rankings(args) -> None:
             "run_medians_s": [r["median_step_s"] for r in results],
             "seconds_per_ranking": median / args.rankings_per_step,
             "policy_tokens_per_ranking": results[0]["policy_tokens_per_ranking"],
+            "memory": max((r["memory"] for r in results), key=lambda m: m["peak_mb"]),
+            "precompute_s_per_ranking": (
+                statistics.median(r["precompute_s"] / r["precomputed_rankings"] for r in results)
+                if results[0].get("precompute_s") is not None
+                else None
+            ),
         }
+    dpo_adjacent = rows["dpo-adjacent"]
     for row in rows.values():
         row["time_vs_pro_plain"] = row["seconds_per_ranking"] / rows["pro-plain"]["seconds_per_ranking"]
         row["time_vs_pro_shared"] = row["seconds_per_ranking"] / rows["pro-shared"]["seconds_per_ranking"]
+        row["time_vs_dpo_adjacent"] = row["seconds_per_ranking"] / dpo_adjacent["seconds_per_ranking"]
+        row["memory_vs_dpo_adjacent"] = row["memory"]["peak_mb"] / dpo_adjacent["memory"]["peak_mb"]
     busy = float(load_start.split()[0]) > (os.cpu_count() or 1)
     report = {
         "benchmark": "train_step_rankings",
@@ -749,6 +811,10 @@ def compare_rankings(args) -> None:
         if busy
         else "",
         "rows": rows,
+        "list_dpo_goal": f"list DPO time per ranking of 4 <= {LIST_DPO_GOAL:.3f} x TRL DPO's over the 3 adjacent pairs",
+        "list_dpo_over_dpo_adjacent": {
+            variant: rows[f"list_dpo-{variant}"]["time_vs_dpo_adjacent"] for variant in ("shared", "precomputed")
+        },
     }
     output = Path(args.output) if args.output else RESULTS / f"train_step_rankings_cpu_{args.model}"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -772,22 +838,43 @@ def ranking_markdown(report: dict) -> str:
         f"{report['machine_note']}",
         "",
         "| trainer | median step (s) | median of each run (s) | s / ranking | policy tokens / ranking "
-        "| time vs PRO plain | time vs PRO shared |",
-        "|---|---|---|---|---|---|---|",
+        "| peak memory (MiB added to RSS) | time vs PRO plain | time vs PRO shared | time vs DPO adjacent "
+        "| memory vs DPO adjacent |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"].values():
         runs = ", ".join(f"{t:.3f}" for t in row["run_medians_s"])
+        memory = row.get("memory")
         lines.append(
             f"| {row['label']} | {row['median_step_s']:.3f} | {runs} | {row['seconds_per_ranking']:.3f} | "
-            f"{row['policy_tokens_per_ranking']:.0f} | {row['time_vs_pro_plain']:.2f} | "
-            f"{row['time_vs_pro_shared']:.2f} |"
+            f"{row['policy_tokens_per_ranking']:.0f} | {memory['peak_mb']:.0f} | {row['time_vs_pro_plain']:.2f} | "
+            f"{row['time_vs_pro_shared']:.2f} | {row['time_vs_dpo_adjacent']:.3f} | "
+            f"{row['memory_vs_dpo_adjacent']:.2f} |"
+        )
+    lines += [""]
+    for variant, name in (("shared", "reference on the fly"), ("precomputed", "reference precomputed")):
+        ratio = report["list_dpo_over_dpo_adjacent"][variant]
+        verdict = "meets" if ratio <= LIST_DPO_GOAL else "does not meet"
+        lines.append(
+            f"- list DPO ({name}) / DPO over the 3 adjacent pairs, time per ranking: **{ratio:.3f}** ({verdict} the "
+            f"goal of <= 1/3)."
+        )
+    precompute = report["rows"]["list_dpo-precomputed"]["precompute_s_per_ranking"]
+    if precompute is not None:
+        lines.append(
+            f"- The one-off precomputation of the reference log-probs, before training: {precompute:.3f} s per "
+            "ranking (not in the step times)."
         )
     lines += [
         "",
-        "Each step covers the same number of rankings: PRO takes them whole, DPO their 3 adjacent or 6 pairs (the "
-        "batch holds all pairs of those rankings' size; TRL shuffles rows, so a DPO step's pairs come from several "
-        "rankings, the same ones on average). DPO also runs the reference model forward on every pair. Policy tokens "
-        "per ranking count the prompt once per candidate row (plain, DPO) or once per ranking (shared).",
+        "Each step covers the same number of rankings: PRO and list DPO take them whole, DPO their 3 adjacent or 6 "
+        "pairs (the batch holds all pairs of those rankings' size; TRL shuffles rows, so a DPO step's pairs come "
+        "from several rankings, the same ones on average). DPO runs the reference model forward on every pair; list "
+        "DPO (Plackett-Luce, `ListDPOTrainer`) once per ranking, through the same fused token-level core without "
+        "grad, or not at all with `precompute_ref_log_probs` (the reference is then the initial policy, before "
+        "training: no frozen copy is kept). Policy tokens per ranking count the prompt once per candidate row "
+        "(plain, DPO) or once per ranking (shared). Peak memory: peak RSS while training minus RSS before training "
+        "(sampled every 5 ms).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -799,17 +886,17 @@ def ranking_plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = list(report["rows"].values())
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.bar(
-        [r["label"] for r in rows],
+        [r["label"].replace(", reference", ",\nreference") for r in rows],
         [r["seconds_per_ranking"] for r in rows],
-        color=["tab:blue", "tab:green", "tab:orange", "tab:red"],
+        color=["tab:blue", "tab:green", "tab:purple", "tab:pink", "tab:orange", "tab:red"][: len(rows)],
     )
     for i, r in enumerate(rows):
-        ax.text(i, r["seconds_per_ranking"], f"{r['time_vs_pro_shared']:.2f}x", ha="center", va="bottom")
+        ax.text(i, r["seconds_per_ranking"], f"{r['time_vs_dpo_adjacent']:.2f}x", ha="center", va="bottom")
     ax.set_ylabel("median step time per ranking (s)")
-    ax.set_title(f"Rankings of 4, {report['model']} Llama, CPU (labels: time vs PRO shared)", fontsize=9)
-    plt.setp(ax.get_xticklabels(), fontsize=8)
+    ax.set_title(f"Rankings of 4, {report['model']} Llama, CPU (labels: time vs DPO adjacent)", fontsize=9)
+    plt.setp(ax.get_xticklabels(), fontsize=7, rotation=20, ha="right")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -192,10 +192,22 @@ def test_train_step_rankings_comparison_runs(tmp_path):
         str(tmp_path / "rk"),
     )
     rows = json.loads((tmp_path / "rk.json").read_text())["rows"]
-    assert list(rows) == ["pro-plain", "pro-shared", "dpo-adjacent", "dpo-all"]
+    assert list(rows) == [
+        "pro-plain",
+        "pro-shared",
+        "list_dpo-shared",
+        "list_dpo-precomputed",
+        "dpo-adjacent",
+        "dpo-all",
+    ]
     assert all(_positive_times(r["step_times_s"]) for r in rows.values())
     tokens = {name: r["policy_tokens_per_ranking"] for name, r in rows.items()}
     assert tokens["pro-shared"] < tokens["pro-plain"] < tokens["dpo-adjacent"] < tokens["dpo-all"]
+    assert tokens["list_dpo-shared"] == tokens["list_dpo-precomputed"] == tokens["pro-shared"]
+    # the reference pass runs before training only when precomputed
+    assert rows["list_dpo-precomputed"]["precompute_s_per_ranking"] > 0
+    assert rows["list_dpo-shared"]["precompute_s_per_ranking"] is None
+    assert rows["dpo-adjacent"]["time_vs_dpo_adjacent"] == 1.0 and all(r["memory"] for r in rows.values())
     assert (tmp_path / "rk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
