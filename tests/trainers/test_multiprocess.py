@@ -148,3 +148,36 @@ def test_self_bootstrapping_on_two_processes(tmp_path, tiny_reward_model_dir):
         steps = [2 * number - 1, 2 * number]
         assert sorted(p.name for p in folder.glob("checkpoint-*")) == [f"checkpoint-{step}" for step in steps]
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.multiprocess
+def test_list_dpo_two_processes_precomputing_match_one_process_on_the_fly(tmp_path):
+    """List DPO: two processes that precompute the reference log-probs, each its own share of the rows, train as one
+    process computing the reference at every step with the double batch."""
+    train = tmp_path / "train.jsonl"
+    from trl_pro.assets import load_hh_rlhf_slice
+
+    load_hh_rlhf_slice("train").select(range(40)).to_json(train)
+    flags = [*COMMON, "--dataset_name", str(train), "--shared_prompt", "false"]
+
+    def list_dpo(out, *more):
+        return run_launcher(["trl-pro", "list-dpo", *flags, "--output_dir", str(out), *more], timeout=240, cwd=REPO)
+
+    list_dpo(
+        tmp_path / "two",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--precompute_ref_log_probs",
+        "true",
+    )
+    list_dpo(tmp_path / "one", "--per_device_train_batch_size", "4")
+
+    shards = sorted((tmp_path / "two" / "ref_logps").glob("train.process-*-of-2.jsonl"))
+    assert [len(path.read_text().splitlines()) for path in shards] == [20, 20]  # each process did its half
+    assert not (tmp_path / "one" / "ref_logps").exists()
+    one_losses, two_losses = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one_losses) == 4 and len(set(one_losses)) == 4
+    assert two_losses == pytest.approx(one_losses, rel=1e-4)
