@@ -99,12 +99,17 @@ def compute_metrics(
     test_data: dict[str, list[EvalExample]],
     responses: dict[str, str],
     rewards: dict[str, float] | None = None,
+    function_rewards: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float | int | None]]:
     """`{subset: {"bleu", "sacrebleu", "reward", "n"}, ..., "total": {...}}` on the paper's 0-100 scale.
 
     `rewards` maps prompts to raw reward-model scores (sigmoid is applied here), or None (then `reward` is None).
-    The total is sample-weighted: the mean over all rows of all subsets (BLEU, reward), the corpus BLEU of all rows.
+    `function_rewards` maps each reward function's name to `{prompt: value}`: a metric of that name, the mean raw
+    value (on the function's own scale). The total is sample-weighted: the mean over all rows of all subsets (BLEU,
+    rewards), the corpus BLEU of all rows.
     """
+    function_rewards = function_rewards or {}
+    all_function: dict[str, list[float]] = {name: [] for name in function_rewards}
     results: dict[str, dict[str, float | int | None]] = {}
     all_bleu, all_reward, all_hyp, all_ref = [], [], [], []
     for subset, examples in test_data.items():
@@ -123,6 +128,10 @@ def compute_metrics(
             values = [sigmoid(rewards[example.prompt]) for example in examples]
             entry["reward"] = 100.0 * sum(values) / len(values)
             all_reward += values
+        for name, values_by_prompt in function_rewards.items():
+            values = [values_by_prompt[example.prompt] for example in examples]
+            entry[name] = sum(values) / len(values)
+            all_function[name] += values
         results[subset] = entry
         all_bleu += bleus
         all_hyp += [h.strip() for h in hyps]
@@ -132,5 +141,6 @@ def compute_metrics(
         "sacrebleu": corpus_sacrebleu(all_hyp, all_ref),
         "reward": 100.0 * sum(all_reward) / len(all_reward) if rewards is not None else None,
         "n": len(all_bleu),
+        **{name: sum(values) / len(values) for name, values in all_function.items()},
     }
     return results

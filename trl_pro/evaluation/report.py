@@ -31,6 +31,19 @@ def format_results_markdown(results: dict[str, dict[str, dict]], notes: Sequence
     ]
     for system, by_subset in results.items():
         lines.append(f"| {system} | " + " | ".join(_fmt(by_subset[s]["sacrebleu"]) for s in subsets) + " |")
+    # Reward functions' metrics: every key beyond the fixed ones (each a function's name)
+    extra = [
+        key for key in next(iter(results.values()))[subsets[-1]] if key not in ("bleu", "sacrebleu", "reward", "n")
+    ]
+    if extra:
+        lines += [
+            "",
+            "| System | " + " | ".join(f"{s} {name}" for s in subsets for name in extra) + " |",
+            "|---|" + "---:|" * (len(subsets) * len(extra)),
+        ]
+        for system, by_subset in results.items():
+            cells = " | ".join(f"{by_subset[s][name]:.4f}" for s in subsets for name in extra)
+            lines.append(f"| {system} | {cells} |")
     counts = ", ".join(f"{s} {next(iter(results.values()))[s]['n']}" for s in subsets)
     lines += [
         "",

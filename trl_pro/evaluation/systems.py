@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl_pro.evaluation.metrics import check_single_score_head, compute_metrics, reward_scores
 from trl_pro.evaluation.report import format_results_markdown, plot_results
 from trl_pro.evaluation.responses import MAX_NEW_TOKENS, MAX_PROMPT_LENGTH, generate_responses
+from trl_pro.evaluation.reward_functions import resolve_reward_funcs, score_with_reward_func
 from trl_pro.evaluation.test_data import (
     RESPONSES_SUFFIXES,
     EvalExample,
@@ -231,11 +232,18 @@ def evaluate_systems(
     seed: int = 0,
     progress: bool = True,
     plot: bool = True,
+    reward_funcs: Sequence[Callable[..., Sequence[float]] | str] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Evaluate every system; writes results.json, results.md, results.png and one responses file per system in
     `output_dir` (all atomically) and returns the results. Generated responses and reward scores are cached under
     `output_dir/cache`, keyed on the models' weights and the settings (`responses_cache_key`, `reward_cache_key`):
-    a rerun (or a resumed run) redoes nothing, and a stale cache is logged and recomputed, never reused."""
+    a rerun (or a resumed run) redoes nothing, and a stale cache is logged and recomputed, never reused.
+
+    `reward_funcs`: Python reward functions, TRL GRPO style (`f(prompts=[...], completions=[...], **kwargs)` -> one
+    float per completion), as callables or dotted import paths; each is a metric named after the function, the mean
+    of its raw values (`trl_pro.evaluation.reward_functions`). They are called on every system's responses (not
+    cached: they are cheap and deterministic by contract)."""
+    funcs = resolve_reward_funcs(reward_funcs)  # before any generation: a bad path fails at once
     if not systems:
         raise ValueError("no system to evaluate: give --system NAME=PATH (or a comparison folder)")
     names = [system.name for system in systems]
@@ -304,13 +312,28 @@ def evaluate_systems(
                 scored.update(zip(todo, scores))
             all_rewards[system.name] = {p: scored[(p, r)] for p, r in responses.items()}
 
-    results = {name: compute_metrics(test_data, all_responses[name], all_rewards[name]) for name in names}
+    function_rewards: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
+    for system_name in names:
+        prompts = list(all_responses[system_name])
+        for func_name, func in funcs.items():
+            values = score_with_reward_func(func_name, func, prompts, [all_responses[system_name][p] for p in prompts])
+            function_rewards[system_name][func_name] = dict(zip(prompts, values))
+    results = {
+        name: compute_metrics(test_data, all_responses[name], all_rewards[name], function_rewards[name])
+        for name in names
+    }
     atomic_write_json(output_dir / "results.json", results)
     notes = []
     if reward_model_name_or_path:
         notes.append(f"Reward model: `{reward_model_name_or_path}` (prompt format `{reward_prompt_format}`).")
     else:
         notes.append("No reward model given (--reward_model_name_or_path): Reward is not computed.")
+    if funcs:
+        notes.append(
+            "Reward functions (mean raw value per row, on their own scale): "
+            + ", ".join(f"`{n}`" for n in funcs)
+            + "."
+        )
     suffixes = [f"`{s.name}`: {s.prompt_suffix!r}" for s in systems if s.prompt_suffix]
     if suffixes:
         notes.append("Prompt suffixes: " + "; ".join(suffixes) + ".")

@@ -28,6 +28,7 @@ trl-pro eval --system pro=outputs/pro --dataset_name harmless_base=hb.parquet he
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -113,6 +114,15 @@ class EvalScriptArguments:
             "is not computed."
         },
     )
+    reward_funcs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Python reward functions as dotted import paths (module.function, importable from the current "
+            "directory or PYTHONPATH), TRL GRPO style: f(prompts=[...], completions=[...], **kwargs) returns one "
+            "float per completion. Each is a metric named after the function (mean raw value per row), besides or "
+            "instead of --reward_model_name_or_path. Repeat the flag or give several."
+        },
+    )
     reward_prompt_format: str = field(
         default="auto",
         metadata={
@@ -170,7 +180,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         )
     else:
         parser = EvalParser((EvalScriptArguments,), prog=prog or PROG, allow_abbrev=False, **kwargs)
-    _extend_list_flags(parser, ("system", "prompt_suffix", "dataset_name", "test_file"))
+    _extend_list_flags(parser, ("system", "prompt_suffix", "dataset_name", "test_file", "reward_funcs"))
     return parser
 
 
@@ -235,12 +245,23 @@ def load_test_data_from_args(args, max_samples: int | None = None):
 
 
 def main(args: EvalScriptArguments) -> dict:
+    from trl_pro.evaluation.reward_functions import resolve_reward_funcs
     from trl_pro.evaluation.systems import evaluate_systems, parse_system_specs, read_comparison_folder
 
     if not args.output_dir:
         raise ValueError("--output_dir is required")
     # Before any model is loaded: otherwise a missing extra shows only after every response is generated
     check_eval_dependencies()
+    if os.getcwd() not in sys.path and "" not in sys.path:  # `--reward_funcs my_rewards.f` from the current folder
+        sys.path.insert(0, os.getcwd())
+    reward_funcs = resolve_reward_funcs(
+        [
+            value
+            for item in ([args.reward_funcs] if isinstance(args.reward_funcs, str) else args.reward_funcs or [])
+            for value in str(item).split(",")
+            if value
+        ]
+    )
     systems = parse_system_specs(args.system, args.prompt_suffix)
     if args.comparison_dir:
         systems += read_comparison_folder(args.comparison_dir)
@@ -261,6 +282,7 @@ def main(args: EvalScriptArguments) -> dict:
         device=args.device,
         trust_remote_code=args.trust_remote_code,
         seed=args.seed,
+        reward_funcs=list(reward_funcs.values()),
     )
     from pathlib import Path
 
