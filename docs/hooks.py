@@ -18,7 +18,9 @@ def on_files(files: Files, config) -> Files:
     root = Path(config.config_file_path).parent
     for mount in MOUNTS:
         for path in sorted((root / mount).rglob("*")):
-            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
+            parts = path.relative_to(root).parts
+            # `work/`: a benchmark's git-ignored working folder (models, data: benchmarks/miniature.py), not a result
+            if path.is_file() and not any(part.startswith(".") or part == "work" for part in parts):
                 files.append(
                     File(
                         path.relative_to(root).as_posix(),
