@@ -13,6 +13,22 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 # imports triton: `@triton.jit` reads it when it decorates. With a GPU, kernels are compiled and run for real.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist (README's `-n 2`), one torch thread per worker: two workers of two threads each on two cores
+# spin against each other and run slower than one worker alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test of `transformers serve` on one xdist worker (`--dist loadgroup`): one server per session. The
+    `slow` and `multiprocess` tests first (a stable sort): under xdist the longest start early, so that the run does
+    not end with one worker finishing a minute-long test while the other idles."""
+    for item in items:
+        if "openai_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("openai_server"))
+    items.sort(
+        key=lambda item: item.get_closest_marker("slow") is None and item.get_closest_marker("multiprocess") is None
+    )
 
 
 @pytest.fixture(scope="session")

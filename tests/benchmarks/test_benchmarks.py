@@ -32,6 +32,7 @@ def _positive_times(times):
     return times and all(math.isfinite(t) and t > 0 for t in times)
 
 
+@pytest.mark.slow
 def test_qlora_memory_smoke_runs_every_configuration_in_4bit(tmp_path):
     _run("qlora_memory.py", "--smoke", "--steps", "1", "--warmup", "1", "--output", str(tmp_path / "qlora"))
     report = json.loads((tmp_path / "qlora.json").read_text())
@@ -56,6 +57,7 @@ def test_qlora_memory_without_gpu_reports_nothing(tmp_path):
     assert not (tmp_path / "qlora.png").exists()
 
 
+@pytest.mark.slow
 def test_train_step_qlora_path_runs_on_cpu(tmp_path):
     _run(
         "train_step.py",
@@ -82,6 +84,7 @@ def test_train_step_qlora_path_runs_on_cpu(tmp_path):
     assert "not a measurement" in text and "the goal of" not in text
 
 
+@pytest.mark.slow
 def test_loss_core_one_point_grid(tmp_path):
     _run(
         "loss_core.py",
@@ -113,6 +116,7 @@ def test_loss_core_one_point_grid(tmp_path):
     assert (tmp_path / "loss_core_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_shared_prompt_benchmark_tiny_grid(tmp_path):
     _run(
         "shared_prompt.py",
@@ -171,6 +175,7 @@ def test_loss_core_liger_peer_fp32(tmp_path):
     assert {r["method"] for r in rows} == {"eager", "fused", "liger"} and all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.slow
 def test_train_step_rankings_comparison_runs(tmp_path):
     _run(
         "train_step.py",

@@ -51,6 +51,7 @@ def _args(tmp_path, ranked, reward, ppo_python, **changes):
     return args
 
 
+@pytest.mark.slow
 def test_compare_trains_every_method_on_one_dataset(tmp_path, tiny_reward_model_dir, ppo_python, capsys):
     import torch
     from safetensors.torch import load_file

@@ -213,6 +213,7 @@ def _check_sharded_resume(
     return _jsonl(expected)
 
 
+@pytest.mark.slow
 def test_generate_killed_midway_resumes_to_the_uninterrupted_output(tiny_policy_dir, tmp_path):
     # Sampled (seed + shard index per shard, so that the rerun samples what the first run would have), 2 candidates of
     # 64 tokens for each of 16 prompts, one prompt per generate call, 2 prompts per shard: 8 shards of about 0.15 s
@@ -259,6 +260,7 @@ def test_generate_killed_midway_resumes_to_the_uninterrupted_output(tiny_policy_
     assert sum(len(row["sources"]) - 2 for row in rows) > 0
 
 
+@pytest.mark.slow
 def test_rank_killed_midway_resumes_to_the_uninterrupted_output(random_reward_model_dir, tmp_path):
     # 240 HH-RLHF pairs (the slice's first 80, three times; row 86 is invalid) scored one candidate at a time, 8 rows
     # per shard: 30 shards of about 0.04 s (idle machine), so the kill lands with about 1 s of work left
@@ -292,6 +294,7 @@ def test_rank_killed_midway_resumes_to_the_uninterrupted_output(random_reward_mo
 # eval: the generation cache
 
 
+@pytest.mark.slow
 def test_eval_killed_midway_resumes_to_the_uninterrupted_results(tiny_policy_dir, random_reward_model_dir, tmp_path):
     # 16 test prompts generated 2 at a time (greedy, 64 new tokens): 8 cached batches of about 0.15 s (idle machine),
     # so the kill lands with about 1 s of generation left; then rewards and results
