@@ -78,3 +78,14 @@ def test_plan_gives_every_cell_every_seed_and_runs_each_setting_once():
     assert set(cells["exp2"]) >= {f"pro|{o}@{n}" for o in orders for n in range(2, 6)}
     assert set(cells["exp3"]) == {"pro", "no_sft", "no_temperature", "k1_only"}
     assert set(cells["exp4"]) == {f"{b}|{s}" for b in ("weak", "strong") for s in ("pro", "pro_bootstrap")}
+
+
+def test_a_finished_run_is_not_redone(tmp_path):
+    """Resume: a run whose metrics.json exists returns it (this Miniature has no world: training would fail)."""
+    mini = _miniature()
+    m = mini.Miniature(tmp_path, mini.SIZES["smoke"], progress=False)
+    run = mini.Run("pro-strong-pair-s1", "strong", [], "pro", 1e-3, 1)
+    done = tmp_path / "work" / "runs" / run.run_id / "metrics.json"
+    done.parent.mkdir(parents=True)
+    done.write_text('{"test": {"gold_reward": 0.5, "bleu": 1.0}}')
+    assert m.train_and_eval(run) == {"test": {"gold_reward": 0.5, "bleu": 1.0}}
