@@ -35,6 +35,9 @@ def _interrupt(command: list[str], started, tmp_path: Path, env: dict | None = N
             stderr=stderr,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            # Ctrl-C as in a terminal's foreground job: a test session started in the background (`pytest &`)
+            # inherits an ignored SIGINT, and an ignored signal stays ignored across exec
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT
