@@ -104,9 +104,10 @@ def _use_reentrant_checkpointing_for_zero3_peft(args: RankingConfig, model) -> N
 
 class RankingTrainer(_BaseTrainer):
     """
-    Base of the trainers of ranking objectives ([`PROTrainer`], [`RRHFTrainer`]): for each prompt, candidates ranked
-    best to worst (by reward-model scores when the data has them) are scored by the model in one forward and trained
-    with the subclass's objective. No reference model and no reward model are needed during training.
+    Base of the trainers of ranking objectives ([`PROTrainer`], [`RRHFTrainer`], [`ListDPOTrainer`]): for each
+    prompt, candidates ranked best to worst (by reward-model scores when the data has them) are scored by the model in
+    one forward and trained with the subclass's objective. No reward model is needed during training, and a reference
+    model only where the objective has one ([`ListDPOTrainer`]).
 
     A subclass sets `config_class`, `_name`, `_paper`, `_tag_names` and implements `_objective` (the loss, a
     `trl_pro.objectives.base.RankingObjective`), `_sft_weight` (weight of the SFT term per prompt) and `_uses_rewards`.
